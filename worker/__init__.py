@@ -1,0 +1,3 @@
+"""oms-cleanup: asynchronous bulk cleanup of Huawei Cloud OMS migration tasks."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,109 @@
+"""The OMS task as the worker sees it: a validated, immutable subset of the API's task object."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, field_validator
+
+
+class TaskStatus(enum.IntEnum):
+    """OMS status codes by name. UNKNOWN stands for any code this table does not know."""
+
+    UNKNOWN = -1
+    NOT_STARTED = 0
+    WAITING = 1
+    MIGRATING = 2
+    PAUSED = 3
+    FAILED = 4
+    SUCCEEDED = 5
+    RETRYING = 6
+    PAUSING = 7
+
+    @classmethod
+    def from_code(cls, code: int) -> TaskStatus:
+        """Map an API code to a status; unknown codes map to UNKNOWN, never to an error."""
+        try:
+            return cls(code)
+        except ValueError:
+            return cls.UNKNOWN
+
+    @classmethod
+    def from_name(cls, name: str) -> TaskStatus:
+        """Parse a user-facing status name (`succeeded`, `not_started`, ...)."""
+        try:
+            status = cls[name.strip().upper().replace("-", "_")]
+        except KeyError:
+            raise ValueError(f"unknown task state {name!r}") from None
+        if status is cls.UNKNOWN:
+            raise ValueError("'unknown' is not a selectable task state")
+        return status
+
+    @property
+    def label(self) -> str:
+        """The user-facing name, as used in flags and reports."""
+        return self.name.lower()
+
+    @property
+    def deletable(self) -> bool:
+        """Whether OMS allows deleting a task in this state (reference table)."""
+        return self in DELETABLE_STATES
+
+
+DELETABLE_STATES = frozenset({TaskStatus.PAUSED, TaskStatus.FAILED, TaskStatus.SUCCEEDED})
+ACTIVE_STATES = frozenset(
+    {
+        TaskStatus.NOT_STARTED,
+        TaskStatus.WAITING,
+        TaskStatus.MIGRATING,
+        TaskStatus.RETRYING,
+        TaskStatus.PAUSING,
+    }
+)
+
+
+def _epoch_millis_to_datetime(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("start_time must be an integer of epoch milliseconds")
+    if value <= 0:
+        return None
+    return datetime.fromtimestamp(value / 1000, tz=UTC)
+
+
+class Task(BaseModel):
+    """One migration task. Unknown keys are ignored; wrong types are rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    id: StrictInt
+    name: str = ""
+    status_code: StrictInt = Field(alias="status")
+    start_time: Annotated[datetime | None, BeforeValidator(_epoch_millis_to_datetime)] = None
+    group_id: str | None = None
+    task_type: str | None = None
+    description: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _positive_id(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("task id must be positive")
+        return value
+
+    @property
+    def status(self) -> TaskStatus:
+        """The named status; UNKNOWN for codes outside the reference table."""
+        return TaskStatus.from_code(self.status_code)
+
+
+class TaskPage(BaseModel):
+    """One page of `GET /v2/{project_id}/tasks`."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    tasks: list[Task]
+    count: StrictInt = Field(ge=0)
