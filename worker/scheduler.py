@@ -1,0 +1,282 @@
+"""Deleting one target's selected tasks: a queue, a bounded pool of workers, a delay queue.
+
+Shape (after arq): jobs wait in a ready queue; `concurrency` workers take them one at a
+time; a delete refused because the task is running goes back after a growing, jittered
+delay (`loop.call_later`) while the other jobs go on. What each answer means is decided
+in one place, `outcomes.decide`. Shutdown is a flag: once set, no new request starts,
+queued and delayed jobs are finished as not attempted / still running, and in-flight
+requests get a grace period before they are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from worker.oms.errors import ErrorInfo, OmsError, TaskNotMigrating, TaskRunning
+from worker.oms.models import Task, TaskStatus
+from worker.outcomes import Fatal, Finish, Outcome, Requeue, decide
+from worker.shutdown import FATAL, Shutdown
+
+log = structlog.get_logger("oms_cleanup.scheduler")
+
+
+class TaskApi(Protocol):
+    """The client calls a scheduler makes."""
+
+    async def delete_task(self, task_id: int) -> None: ...
+
+    async def stop_task(self, task_id: int) -> None: ...
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One selected task on its way to an outcome."""
+
+    task: Task
+    project_id: str
+    attempts: int = 0
+    stop_sent: bool = False
+    refused_as_running: bool = False
+    outcome: Outcome | None = None
+    last_error: ErrorInfo | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerConfig:
+    """How hard and how long to try."""
+
+    concurrency: int
+    max_attempts: int
+    requeue_delay: float
+    stop_running: bool = False
+    # In-flight requests get this long to finish after a stop before they are cancelled.
+    grace: float = 10.0
+
+
+@dataclass(slots=True)
+class Hooks:
+    """Callbacks for progress displays; every outcome is also logged here, as it happens."""
+
+    on_finish: Callable[[Job], None] = field(default=lambda job: None)
+    on_requeue: Callable[[Job, float], None] = field(default=lambda job, delay: None)
+
+
+class Scheduler:
+    """Drives the jobs of one target to their outcomes."""
+
+    def __init__(
+        self,
+        *,
+        api: TaskApi,
+        jobs: Sequence[Job],
+        config: SchedulerConfig,
+        shutdown: Shutdown,
+        deadline: float,
+        rng: random.Random | None = None,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self._api = api
+        self._jobs = jobs
+        self._config = config
+        self._shutdown = shutdown
+        self._deadline = deadline
+        self._rng = rng or random.Random()
+        self._hooks = hooks or Hooks()
+        self._ready: asyncio.Queue[Job | None] = asyncio.Queue()
+        self._delayed: dict[Job, asyncio.TimerHandle] = {}
+        self._pending = 0
+        self._workers = 0
+        self.fatal: OmsError | None = None
+
+    async def run(self) -> None:
+        """Return when every job has an outcome (or the run was stopped and wound down)."""
+        loop = asyncio.get_running_loop()
+        for job in self._jobs:
+            if job.outcome is None:
+                self._ready.put_nowait(job)
+                self._pending += 1
+        if self._pending == 0:
+            return
+        self._workers = min(self._config.concurrency, self._pending)
+        workers = [asyncio.create_task(self._work()) for _ in range(self._workers)]
+        deadline_timer = loop.call_at(self._deadline, lambda: self._shutdown.request("deadline"))
+        watcher = asyncio.create_task(self._watch_shutdown(workers))
+        try:
+            await asyncio.gather(*workers, return_exceptions=True)
+        finally:
+            deadline_timer.cancel()
+            watcher.cancel()
+            self._finish_leftovers()
+
+    async def _work(self) -> None:
+        while (job := await self._ready.get()) is not None:
+            if self._shutdown.is_requested:
+                self._finish_unstarted(job)
+                continue
+            try:
+                await self._process(job)
+            except asyncio.CancelledError:
+                # Cut off mid-request: OMS may or may not have applied it, and the report says so.
+                job.last_error = ErrorInfo(
+                    method="DELETE",
+                    path=f"/v2/{job.project_id}/tasks/{job.task.id}",
+                    error_msg="cancelled at shutdown; the request may have reached OMS",
+                )
+                self._finish(job, Outcome.FAILED)
+                raise
+
+    async def _watch_shutdown(self, workers: list[asyncio.Task[None]]) -> None:
+        await self._shutdown.requested.wait()
+        for job, handle in list(self._delayed.items()):
+            handle.cancel()
+            self._finish_unstarted(job)
+        self._delayed.clear()
+        while not self._ready.empty():
+            queued = self._ready.get_nowait()
+            if queued is not None:
+                self._finish_unstarted(queued)
+        self._release_workers()
+        # In-flight requests may finish within the grace period, unless told to stop now.
+        all_done = asyncio.create_task(asyncio.wait(workers))
+        immediate = asyncio.create_task(self._shutdown.immediate.wait())
+        try:
+            await asyncio.wait(
+                [all_done, immediate],
+                timeout=self._config.grace,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            all_done.cancel()
+            immediate.cancel()
+        for worker in workers:
+            worker.cancel()
+
+    async def _process(self, job: Job) -> None:
+        task = job.task
+        if self._config.stop_running and task.status is TaskStatus.MIGRATING and not job.stop_sent:
+            await self._stop_first(job)
+            return
+        job.attempts += 1
+        try:
+            await self._api.delete_task(task.id)
+        except OmsError as error:
+            job.last_error = error.info
+            job.refused_as_running = isinstance(error, TaskRunning)
+            self._act(job, error)
+        else:
+            job.last_error = None
+            job.refused_as_running = False
+            self._finish(job, Outcome.DELETED)
+
+    async def _stop_first(self, job: Job) -> None:
+        """Pause a migrating task, then come back to delete it once it had time to stop."""
+        try:
+            await self._api.stop_task(job.task.id)
+        except TaskNotMigrating:
+            pass  # it stopped or finished on its own: the delete will tell
+        except OmsError as error:
+            job.last_error = error.info
+            self._act(job, error)
+            return
+        job.stop_sent = True
+        log.info(
+            "task_stopped",
+            task_id=job.task.id,
+            task_name=job.task.name,
+            project_id=job.project_id,
+        )
+        self._requeue(job, self._config.requeue_delay)
+
+    def _act(self, job: Job, error: OmsError) -> None:
+        loop = asyncio.get_running_loop()
+        action = decide(
+            error,
+            attempt=job.attempts,
+            max_attempts=self._config.max_attempts,
+            requeue_base=self._config.requeue_delay,
+            now=loop.time(),
+            deadline=self._deadline,
+            rng=self._rng,
+        )
+        if isinstance(action, Requeue):
+            self._requeue(job, action.delay)
+        elif isinstance(action, Finish):
+            self._finish(job, action.outcome)
+        elif isinstance(action, Fatal):
+            self.fatal = action.error
+            log.error(
+                "run_fatal",
+                error_type=type(error).__name__,
+                error_code=error.error_code,
+                http_status=error.http_status,
+                request_id=error.request_id,
+            )
+            self._shutdown.request(FATAL)
+            self._finish(job, Outcome.FAILED)
+
+    def _requeue(self, job: Job, delay: float) -> None:
+        if self._shutdown.is_requested:
+            self._finish_unstarted(job)
+            return
+        loop = asyncio.get_running_loop()
+        self._delayed[job] = loop.call_later(delay, self._release, job)
+        log.info(
+            "task_requeued",
+            task_id=job.task.id,
+            task_name=job.task.name,
+            project_id=job.project_id,
+            attempt=job.attempts,
+            delay_seconds=round(delay, 3),
+            error_code=job.last_error.error_code if job.last_error else None,
+            request_id=job.last_error.request_id if job.last_error else None,
+        )
+        self._hooks.on_requeue(job, delay)
+
+    def _release(self, job: Job) -> None:
+        self._delayed.pop(job, None)
+        self._ready.put_nowait(job)
+
+    def _finish_unstarted(self, job: Job) -> None:
+        """A job the run will not try (again): refused as running, or never tried at all."""
+        if job.refused_as_running or job.stop_sent:
+            self._finish(job, Outcome.STILL_RUNNING)
+        elif job.attempts == 0:
+            self._finish(job, Outcome.NOT_ATTEMPTED)
+        else:
+            self._finish(job, Outcome.FAILED)
+
+    def _finish(self, job: Job, outcome: Outcome) -> None:
+        if job.outcome is not None:
+            return
+        job.outcome = outcome
+        self._pending -= 1
+        error = job.last_error
+        log.info(
+            "task_outcome",
+            task_id=job.task.id,
+            task_name=job.task.name,
+            project_id=job.project_id,
+            outcome=outcome.value,
+            attempt=job.attempts,
+            error_code=error.error_code if error else None,
+            http_status=error.http_status if error else None,
+            request_id=error.request_id if error else None,
+        )
+        self._hooks.on_finish(job)
+        if self._pending == 0:
+            self._release_workers()
+
+    def _release_workers(self) -> None:
+        for _ in range(self._workers):
+            self._ready.put_nowait(None)
+
+    def _finish_leftovers(self) -> None:
+        for job in self._jobs:
+            if job.outcome is None:
+                self._finish_unstarted(job)
