@@ -1,0 +1,60 @@
+"""Durations as people type them ("90s", "45m", "12h", "30d", "2w", "1h30m") and back (pure)."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+# Largest unit first: `format_duration` relies on this order to produce the shortest spelling.
+UNITS: dict[str, timedelta] = {
+    "w": timedelta(weeks=1),
+    "d": timedelta(days=1),
+    "h": timedelta(hours=1),
+    "m": timedelta(minutes=1),
+    "s": timedelta(seconds=1),
+    # Milliseconds exist for tests and demos that need short delays; they read oddly in production.
+    "ms": timedelta(milliseconds=1),
+}
+
+_PART = re.compile(r"(\d+)(ms|[wdhms])")
+_WHOLE = re.compile(r"(?:\d+(?:ms|[wdhms]))+")
+_HINT = "expected a whole number followed by a unit (s, m, h, d, w), e.g. 90s, 45m, 12h, 30d, 2w"
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse a non-negative duration such as `30d` or `1h30m`; raise ValueError saying why not.
+
+    Each unit may appear at most once and in decreasing order (`1h30m`, not `30m1h`), so a typo
+    like `5m5m` is an error rather than a surprise.
+    """
+    compact = text.strip().lower()
+    if not compact:
+        raise ValueError(f"empty duration; {_HINT}")
+    if _WHOLE.fullmatch(compact) is None:
+        raise ValueError(f"invalid duration {text!r}; {_HINT}")
+    order = list(UNITS)
+    total = timedelta()
+    last_rank = -1
+    for number, unit in _PART.findall(compact):
+        rank = order.index(unit)
+        if rank <= last_rank:
+            raise ValueError(f"invalid duration {text!r}: units must go from largest to smallest")
+        last_rank = rank
+        total += int(number) * UNITS[unit]
+    return total
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest spelling of a non-negative duration that `parse_duration` reads back exactly.
+
+    Sub-millisecond remainders are dropped: nothing in this tool is that precise.
+    """
+    if value < timedelta():
+        raise ValueError("negative durations have no spelling")
+    remaining = value
+    parts: list[str] = []
+    for unit, size in UNITS.items():
+        count, remaining = divmod(remaining, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
