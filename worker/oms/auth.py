@@ -1,6 +1,7 @@
 """Credentials the client can sign with, and the headers each kind adds to a request.
 
-Values hold secrets as `pydantic.SecretStr`, so a repr, an f-string or a log line shows `**********`.
+Values hold secrets as `pydantic.SecretStr`, so a repr, an f-string or a log line shows
+`**********`.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ client into `TransportError` with the aiohttp exception chained as the cause.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -135,7 +136,7 @@ class TransportError(OmsError):
 
 
 class MalformedResponse(OmsError):
-    """An answer that is not the JSON shape the API documents (HTML page, truncated, wrong types)."""
+    """An answer not in the shape the API documents (HTML page, truncated, wrong types)."""
 
 
 def parse_error_body(body: bytes) -> tuple[str | None, str | None, str | None]:
@@ -162,7 +163,7 @@ def parse_retry_after(value: str | None) -> float | None:
         seconds = float(value.strip())
     except ValueError:
         return None
-    return seconds if seconds >= 0 else None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def parse_limit(message: str | None) -> float | None:
@@ -180,7 +181,7 @@ def classify(
 ) -> OmsError:
     """Turn a non-2xx answer into the typed error it means."""
     code, msg, body_request_id = parse_error_body(body)
-    request_id = headers.get("X-Request-Id") or body_request_id
+    request_id = _header(headers, "X-Request-Id") or body_request_id
     info = ErrorInfo(
         method=method,
         path=path,
@@ -189,10 +190,14 @@ def classify(
         error_msg=msg,
         request_id=request_id,
     )
+    if status < 400:
+        # Only 4xx/5xx carry an OMS error; anything else (a redirect, 1xx) is not an answer
+        # this client understands, whatever its body says.
+        return MalformedResponse(info)
     if status == 429 or code == THROTTLED:
         return Throttled(
             info,
-            retry_after=parse_retry_after(headers.get("Retry-After")),
+            retry_after=parse_retry_after(_header(headers, "Retry-After")),
             limit_per_second=parse_limit(msg),
         )
     if status >= 500:
@@ -211,3 +216,12 @@ def classify(
         NOT_MIGRATING: TaskNotMigrating,
     }
     return by_code.get(code, InvalidRequest)(info)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive lookup, whether `headers` is a multidict or a plain dict."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == lowered), None)

@@ -65,13 +65,17 @@ ACTIVE_STATES = frozenset(
 
 
 def _epoch_millis_to_datetime(value: Any) -> datetime | None:
+    # pydantic turns only ValueError (not TypeError) into a ValidationError, hence ValueError.
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("start_time must be an integer of epoch milliseconds")
+        raise ValueError("start_time must be an integer of epoch milliseconds")  # noqa: TRY004
     if value <= 0:
         return None
-    return datetime.fromtimestamp(value / 1000, tz=UTC)
+    try:
+        return datetime.fromtimestamp(value / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError("start_time is outside the representable range") from None
 
 
 class Task(BaseModel):
