@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from asyncio_throttle.throttler import Throttler
@@ -57,10 +57,12 @@ class AdaptiveRateLimiter:
         *,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.configured_rate = rate
         self._backoff = backoff or Backoff()
         self._clock = clock
+        self._sleep = sleep
         self._floor_rate = rate  # the rate right after the last cut
         self._last_cut: float | None = None
         self._paused_until = 0.0
@@ -82,7 +84,7 @@ class AdaptiveRateLimiter:
         """Wait for a slot under the current rate (and past any Retry-After pause)."""
         wait = self._paused_until - self._clock()
         if wait > 0:
-            await asyncio.sleep(wait)
+            await self._sleep(wait)
         self._apply(self.current_rate)
         await self._throttler.acquire()  # type: ignore[no-untyped-call]
 
