@@ -2,7 +2,9 @@
 
 Deleting while paging by offset shifts every later page, so the run reads every page
 first and deletes afterwards. The listing is checked for completeness: when it holds
-fewer distinct tasks than the API said match, it is refused (fail closed).
+fewer distinct tasks than the API said matched when paging began, it is refused
+(fail closed). Tasks created while paging only push others onto later pages (seen twice,
+kept once), so they do not trip the check.
 """
 
 from __future__ import annotations
@@ -51,18 +53,20 @@ async def list_all(
     offset = 0
     pages = 0
     count = 0
+    smallest_count: int | None = None
     while True:
         page = await client.list_tasks(limit=page_size, offset=offset, group_id=group_id)
         pages += 1
         count = page.count
+        smallest_count = count if smallest_count is None else min(smallest_count, count)
         for task in page.tasks:
             # Tasks created while we page push older ones onto the next page: keep the first.
             seen.setdefault(task.id, task)
         offset += len(page.tasks)
         if len(page.tasks) < page_size or offset >= count:
             break
-    if len(seen) < count:
+    if smallest_count is not None and len(seen) < smallest_count:
         raise IncompleteListing(
-            f"listing returned {len(seen)} distinct tasks but the API reported {count}"
+            f"listing returned {len(seen)} distinct tasks but the API reported {smallest_count}"
         )
     return Listing(tasks=list(seen.values()), pages=pages, reported_count=count)
