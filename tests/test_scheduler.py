@@ -77,15 +77,18 @@ async def _run(
 ) -> tuple[Scheduler, Shutdown]:
     loop = asyncio.get_running_loop()
     shutdown = Shutdown()
+    deadline = loop.time() + deadline_in
     scheduler = Scheduler(
         api=api,
         jobs=jobs,
         config=_config(**config),
         shutdown=shutdown,
-        deadline=loop.time() + deadline_in,
+        deadline=deadline,
         rng=random.Random(7),
     )
+    timer = loop.call_at(deadline, shutdown.request, "deadline")  # the runner's job in real runs
     await scheduler.run()
+    timer.cancel()
     return scheduler, shutdown
 
 

@@ -3,7 +3,8 @@
 Shape (after arq): jobs wait in a ready queue; `concurrency` workers take them one at a
 time; a delete refused because the task is running goes back after a growing, jittered
 delay (`loop.call_later`) while the other jobs go on. What each answer means is decided
-in one place, `outcomes.decide`. Shutdown is a flag: once set, no new request starts,
+in one place, `outcomes.decide`. The deadline only informs those decisions; enforcing it
+is the run's job (it sets the shutdown flag). Shutdown is a flag: once set, no new request starts,
 queued and delayed jobs are finished as not attempted / still running, and in-flight
 requests get a grace period before they are cancelled.
 """
@@ -96,7 +97,6 @@ class Scheduler:
 
     async def run(self) -> None:
         """Return when every job has an outcome (or the run was stopped and wound down)."""
-        loop = asyncio.get_running_loop()
         for job in self._jobs:
             if job.outcome is None:
                 self._ready.put_nowait(job)
@@ -105,12 +105,10 @@ class Scheduler:
             return
         self._workers = min(self._config.concurrency, self._pending)
         workers = [asyncio.create_task(self._work()) for _ in range(self._workers)]
-        deadline_timer = loop.call_at(self._deadline, lambda: self._shutdown.request("deadline"))
         watcher = asyncio.create_task(self._watch_shutdown(workers))
         try:
             await asyncio.gather(*workers, return_exceptions=True)
         finally:
-            deadline_timer.cancel()
             watcher.cancel()
             self._finish_leftovers()
 
