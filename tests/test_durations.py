@@ -60,7 +60,9 @@ def test_parse_rejects(text: str, fragment: str) -> None:
     [
         (timedelta(), "0s"),
         (timedelta(seconds=90), "1m30s"),
-        (timedelta(days=30), "4w2d"),
+        (timedelta(days=30), "30d"),
+        (timedelta(days=14), "2w"),
+        (timedelta(days=400, hours=1), "400d1h"),
         (timedelta(hours=1, milliseconds=5), "1h5ms"),
         (timedelta(microseconds=10), "0s"),
     ],
@@ -72,7 +74,12 @@ def test_format(value: timedelta, expected: str) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [timedelta(seconds=1), timedelta(days=400, seconds=59), timedelta(milliseconds=1001)],
+    [
+        timedelta(seconds=1),
+        timedelta(days=400, seconds=59),
+        timedelta(milliseconds=1001),
+        timedelta(weeks=3),
+    ],
 )
 def test_format_round_trips(value: timedelta) -> None:
     """What format_duration writes, parse_duration reads back unchanged."""

@@ -51,9 +51,13 @@ def format_duration(value: timedelta) -> str:
     """
     if value < timedelta():
         raise ValueError("negative durations have no spelling")
+    week = UNITS["w"]
+    if value and not value % week:
+        return f"{value // week}w"
     remaining = value
     parts: list[str] = []
-    for unit, size in UNITS.items():
+    # Weeks only for whole weeks: "30d" reads better than "4w2d".
+    for unit, size in list(UNITS.items())[1:]:
         count, remaining = divmod(remaining, size)
         if count:
             parts.append(f"{count}{unit}")
