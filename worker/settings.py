@@ -1,0 +1,874 @@
+"""Run settings and credentials: parsed once, at the edge, into frozen values.
+
+Every run option comes from, in falling precedence: command-line flags, the environment
+(`OMS_CLEANUP_<NAME>`), a TOML config file, and the defaults below. Credentials come only from
+the environment or a secrets directory, never from the command line: flags end up in shell
+history and in `ps`. This is the only module that reads the process environment.
+
+Environment values for list options are comma-separated (`OMS_CLEANUP_STATES=succeeded,failed`).
+An environment variable that is set but blank counts as not set.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yarl
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+from pydantic import model_validator as _model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from worker.durations import format_duration, parse_duration
+from worker.oms.auth import AkSk, Credentials, IamToken
+from worker.oms.endpoint import resolve_endpoint
+from worker.oms.models import ACTIVE_STATES, TaskStatus
+
+ENV_PREFIX = "OMS_CLEANUP_"
+CONFIG_ENV = f"{ENV_PREFIX}CONFIG"
+SDK_ENV_PREFIX = "HUAWEICLOUD_SDK_"
+SDK_PROJECT_ID_ENV = f"{SDK_ENV_PREFIX}PROJECT_ID"
+
+# File names read from a secrets directory (a Kubernetes Secret volume: one file per key).
+SECRET_FILE_NAMES = ("ak", "sk", "security_token", "auth_token")
+_SDK_CREDENTIAL_KEYS = ("ak", "sk", "security_token")
+
+# The keys that build one target without a [[targets]] table.
+_FLAT_TARGET_KEYS = ("region", "endpoint", "project_id")
+
+# Project ids go into URL paths: letters, digits, '-' and '_' only, so nothing can escape the path.
+_PROJECT_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The AK travels inside the Authorization header, where spaces and commas separate fields.
+_ACCESS_KEY_RE = re.compile(r"[A-Za-z0-9]{1,128}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+_FLAG_NAMES = {"protect_ids": "--protect-id"}
+
+LogFormat = Literal["json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One bad input: the option it concerns (as the user would spell it) and what is wrong."""
+
+    option: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.option}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Settings or credentials that cannot be used; each problem is one line for the user."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(problem) for problem in self.problems))
+
+
+class _FieldProblem(ValueError):
+    """Raised from a cross-field check to blame a specific field rather than the whole model."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+# --------------------------------------------------------------------------------------------
+# Values
+
+
+def _blank_to_none(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value.strip() if isinstance(value, str) else value
+
+
+class Target(BaseModel):
+    """One project in one region (or behind an explicit endpoint URL)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    region: str | None = None
+    endpoint: str | None = None
+    project_id: str
+
+    @field_validator("region", "endpoint", "project_id", mode="before")
+    @classmethod
+    def _strip(cls, value: Any) -> Any:
+        return _blank_to_none(value)
+
+    @field_validator("project_id")
+    @classmethod
+    def _check_project_id(cls, value: str) -> str:
+        if not _PROJECT_ID_RE.fullmatch(value):
+            raise ValueError(
+                f"must be letters, digits, '-' or '_' (at most 64), like a 32-character "
+                f"hex id (got {value!r})"
+            )
+        return value
+
+    @_model_validator(mode="after")
+    def _exactly_one_location(self) -> Self:
+        if self.region is None and self.endpoint is None:
+            raise _FieldProblem(("region",), "give a region (e.g. cn-north-4) or an endpoint URL")
+        if self.region is not None and self.endpoint is not None:
+            raise _FieldProblem(("endpoint",), "give either a region or an endpoint, not both")
+        # Shape only here; whether plain http is acceptable depends on a run-wide option and is
+        # checked by RunSettings.
+        try:
+            resolve_endpoint(region=self.region, endpoint=self.endpoint, allow_insecure_http=True)
+        except ValueError as exc:
+            raise _FieldProblem(("region" if self.region else "endpoint",), str(exc)) from None
+        return self
+
+    def base_url(self, *, allow_insecure_http: bool) -> yarl.URL:
+        """The API's base URL for this target."""
+        return resolve_endpoint(
+            region=self.region, endpoint=self.endpoint, allow_insecure_http=allow_insecure_http
+        )
+
+    @property
+    def where(self) -> str:
+        """The region, or the endpoint URL, for messages."""
+        return self.region or self.endpoint or ""
+
+
+class MaxDeletions(BaseModel):
+    """A cap on deletions: a fixed count, or a percentage of the tasks listed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    count: int | None = None
+    percent: float | None = None
+
+    @_model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.count is None) == (self.percent is None):
+            raise ValueError("give either a count or a percentage")
+        if self.count is not None and self.count < 0:
+            raise ValueError(f"must be 0 or more (got {self.count})")
+        if self.percent is not None and not (0 < self.percent <= 100):
+            raise ValueError(
+                f"a percentage must be above 0 and at most 100 (got {self.percent:g}%)"
+            )
+        return self
+
+    @classmethod
+    def parse(cls, text: str) -> MaxDeletions:
+        """Read `250` (tasks) or `10%` (of the tasks listed)."""
+        compact = text.strip()
+        try:
+            number = float(compact[:-1]) if compact.endswith("%") else int(compact)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise ValueError(
+                f"expected a number of tasks (e.g. 500) or a percentage (e.g. 10%) (got {text!r})"
+            )
+        return cls(percent=number) if compact.endswith("%") else cls(count=int(number))
+
+    def limit(self, listed: int) -> int:
+        """How many tasks may be deleted when `listed` were listed; a percentage rounds down."""
+        if self.count is not None:
+            return min(self.count, listed)
+        assert self.percent is not None
+        # The tiny epsilon keeps 10% of 30 at 3 despite 30 * 0.1 == 2.9999999999999996.
+        return min(listed, math.floor(listed * self.percent / 100 + 1e-9))
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent is not None else str(self.count)
+
+
+# --------------------------------------------------------------------------------------------
+# Field parsers shared by the validators
+
+
+def _split_list(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list | tuple | set | frozenset):
+        return list(value)
+    raise ValueError(f"expected a list or a comma-separated string (got {value!r})")
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, str):
+        return parse_duration(value)
+    # A bare number would be read by pydantic as seconds; "older_than = 30" meaning 30 seconds
+    # when the user thought of days is exactly the mistake that deletes too much.
+    raise ValueError(
+        f"expected a duration with a unit, like 90s, 45m, 12h, 30d, 2w (got {value!r})"
+    )
+
+
+def _seconds(value: Any) -> Any:
+    if isinstance(value, str) and value.strip() and value.strip()[-1].isalpha():
+        return parse_duration(value).total_seconds()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+def _timestamp(value: Any) -> Any:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(
+                f"expected an ISO 8601 timestamp like 2026-01-31T00:00:00Z (got {value!r})"
+            ) from None
+    elif isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime.combine(value, time())
+    if not isinstance(value, datetime):
+        # pydantic reports ValueError as a validation error; a TypeError would escape as a crash.
+        raise ValueError(f"expected an ISO 8601 timestamp (got {value!r})")  # noqa: TRY004
+    # Naive means UTC: the API's start_time is UTC, and the local zone of whoever runs this
+    # is not a property of the tasks.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _positive(value: float, *, minimum: float = 0, inclusive: bool = False) -> float:
+    ok = value >= minimum if inclusive else value > minimum
+    if not ok or not math.isfinite(value):
+        relation = "at least" if inclusive else "greater than"
+        raise ValueError(f"must be {relation} {minimum:g} (got {value:g})")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Run settings
+
+
+class RunSettings(BaseSettings):
+    """Everything one cleanup run needs, except credentials. Immutable once loaded."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True
+    )
+
+    targets: tuple[Target, ...] = ()
+    # Age criteria: at least one is required (see _require_age); nothing defaults to "any age".
+    older_than: timedelta | None = None
+    started_before: datetime | None = None
+    # Finished tasks only by default: their migration is over, deleting them loses nothing live.
+    states: frozenset[TaskStatus] = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED})
+    name_include: tuple[str, ...] = ()
+    name_exclude: tuple[str, ...] = ()
+    protect_ids: frozenset[int] = frozenset()
+    group_id: str | None = None
+    # OMS does not publish its rate limits; 20 requests/s per target is well below what API
+    # gateways commonly allow per account, and still deletes 10,000 tasks in under 10 minutes.
+    rate: float = 20.0
+    # Enough requests in flight to keep 20/s going at ~0.5 s latency, few enough not to pile up
+    # waiters on the rate limiter.
+    concurrency: int = 16
+    # A task refused as "still running" (OMS.0063) usually settles within tens of seconds.
+    requeue_delay: timedelta = timedelta(seconds=30)
+    # With a 30 s requeue delay, 10 attempts give a running task about 5 minutes to settle.
+    max_attempts: int = 10
+    # An unattended run must end: an hour covers tens of thousands of tasks at the default rate.
+    deadline: timedelta = timedelta(hours=1)
+    max_deletions: MaxDeletions | None = None
+    # Dry run unless asked: the tool deletes things.
+    execute: bool = False
+    yes: bool = False
+    stop_running: bool = False
+    report: Path = Path("oms-cleanup-report.json")
+    # None means "decide at start-up" (console on a TTY, JSON lines otherwise).
+    log_format: LogFormat | None = None
+    log_level: LogLevel = "info"
+    # Seconds. Connecting includes waiting for a pooled connection (aiohttp), hence some slack.
+    connect_timeout: float = 10.0
+    request_timeout: float = 60.0
+    ca_bundle: Path | None = None
+    allow_insecure_http: bool = False
+    secrets_dir: Path | None = None
+
+    @property
+    def dry_run(self) -> bool:
+        """Whether this run only reports what it would delete."""
+        return not self.execute
+
+    @property
+    def project_ids(self) -> tuple[str, ...]:
+        """The targets' project ids, in order, without repeats."""
+        return tuple(dict.fromkeys(target.project_id for target in self.targets))
+
+    # -- field parsing --------------------------------------------------------------------
+
+    @field_validator("older_than", mode="before")
+    @classmethod
+    def _parse_older_than(cls, value: Any) -> Any:
+        return None if value is None else _duration(value)
+
+    @field_validator("requeue_delay", "deadline", mode="before")
+    @classmethod
+    def _parse_duration(cls, value: Any) -> Any:
+        return _duration(value)
+
+    @field_validator("requeue_delay", "deadline")
+    @classmethod
+    def _positive_duration(cls, value: timedelta) -> timedelta:
+        if value <= timedelta():
+            raise ValueError(f"must be longer than 0s (got {format_duration(value)})")
+        return value
+
+    @field_validator("started_before", mode="before")
+    @classmethod
+    def _parse_started_before(cls, value: Any) -> Any:
+        return _timestamp(value)
+
+    @field_validator("states", mode="before")
+    @classmethod
+    def _parse_states(cls, value: Any) -> Any:
+        items = _split_list(value)
+        if not items:
+            raise ValueError("name at least one state (e.g. succeeded,failed)")
+        states: set[TaskStatus] = set()
+        for item in items:
+            if isinstance(item, TaskStatus):
+                states.add(item)
+            elif isinstance(item, str):
+                states.add(TaskStatus.from_name(item))
+            else:
+                raise ValueError(f"expected state names like 'succeeded' (got {item!r})")  # noqa: TRY004
+        if TaskStatus.UNKNOWN in states:
+            raise ValueError("'unknown' is not a selectable task state")
+        return frozenset(states)
+
+    @field_validator("name_include", "name_exclude", mode="before")
+    @classmethod
+    def _parse_globs(cls, value: Any) -> Any:
+        globs = _split_list(value)
+        for glob in globs:
+            if not isinstance(glob, str):
+                raise ValueError(f"expected name patterns (got {glob!r})")  # noqa: TRY004
+        return tuple(glob for glob in globs if glob)
+
+    @field_validator("protect_ids", mode="before")
+    @classmethod
+    def _parse_ids(cls, value: Any) -> Any:
+        ids: set[int] = set()
+        for item in _split_list(value):
+            if isinstance(item, int) and not isinstance(item, bool):
+                number = item
+            elif isinstance(item, str) and item.strip().isdigit():
+                number = int(item.strip())
+            else:
+                raise ValueError(f"expected task ids (positive integers) (got {item!r})")
+            if number <= 0:
+                raise ValueError(f"task ids are positive (got {number})")
+            ids.add(number)
+        return frozenset(ids)
+
+    @field_validator("group_id", mode="before")
+    @classmethod
+    def _parse_group(cls, value: Any) -> Any:
+        return _blank_to_none(value)
+
+    @field_validator("max_deletions", mode="before")
+    @classmethod
+    def _parse_max_deletions(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return MaxDeletions.parse(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return MaxDeletions(count=value)
+        return value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _parse_log_format(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return None if value in ("", "auto") else value
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _parse_log_level(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("connect_timeout", "request_timeout", mode="before")
+    @classmethod
+    def _parse_seconds(cls, value: Any) -> Any:
+        return _seconds(value)
+
+    @field_validator("rate", "connect_timeout", "request_timeout")
+    @classmethod
+    def _check_positive(cls, value: float) -> float:
+        return _positive(value)
+
+    @field_validator("concurrency", "max_attempts")
+    @classmethod
+    def _check_at_least_one(cls, value: int) -> int:
+        return int(_positive(value, minimum=1, inclusive=True))
+
+    @field_validator("report")
+    @classmethod
+    def _check_report_dir(cls, value: Path) -> Path:
+        # Found out before anything is deleted, not when the report is written at the end.
+        parent = value.parent if str(value.parent) else Path()
+        if not parent.is_dir():
+            raise ValueError(f"directory {str(parent)!r} does not exist")
+        if value.is_dir():
+            raise ValueError(f"{str(value)!r} is a directory")
+        return value
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _check_ca_bundle(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {str(value)!r}")
+        return value
+
+    @field_validator("secrets_dir")
+    @classmethod
+    def _check_secrets_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"no such directory: {str(value)!r}")
+        return value
+
+    # -- cross-field rules ----------------------------------------------------------------
+
+    @_model_validator(mode="after")
+    def _check_consistency(self) -> Self:
+        if not self.targets:
+            raise _FieldProblem(
+                ("targets",),
+                "no target: give --region (or --endpoint) and --project-id, "
+                "or [[targets]] tables in the config file",
+            )
+        for index, target in enumerate(self.targets):
+            if target.endpoint is not None:
+                try:
+                    target.base_url(allow_insecure_http=self.allow_insecure_http)
+                except ValueError as exc:
+                    raise _FieldProblem(("targets", index, "endpoint"), str(exc)) from None
+        if self.older_than is None and self.started_before is None:
+            raise _FieldProblem(
+                ("older_than",),
+                "an age criterion is required: give --older-than and/or --started-before "
+                "(--older-than 0s selects tasks of any age)",
+            )
+        active = sorted(status.label for status in self.states & ACTIVE_STATES)
+        if active and not self.stop_running:
+            verb = "is an active state" if len(active) == 1 else "are active states"
+            raise _FieldProblem(
+                ("states",),
+                f"{', '.join(active)} {verb}; selecting running tasks also needs --stop-running",
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Loading run settings
+
+
+@dataclass(frozen=True, slots=True)
+class _Layer:
+    """The values one source gives, before merging."""
+
+    name: Literal["flags", "environment", "file", "sdk"]
+    values: dict[str, Any]
+
+
+def environment(environ: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """The environment to read: the given mapping, or this process's."""
+    return os.environ if environ is None else environ
+
+
+def load_settings(
+    flags: Mapping[str, Any],
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> RunSettings:
+    """Merge flags > environment > config file > defaults into validated RunSettings.
+
+    `flags` holds only the options the user gave, keyed by field name (plus `region`,
+    `endpoint`, `project_id`), as strings, lists of strings or booleans. `config_file` falls back
+    to $OMS_CLEANUP_CONFIG. `environ` defaults to the process environment. Raises ConfigError.
+    """
+    env = environment(environ)
+    if config_file is None and env.get(CONFIG_ENV, "").strip():
+        config_file = Path(env[CONFIG_ENV].strip())
+    layers = [
+        _Layer("flags", {key: value for key, value in flags.items() if value is not None}),
+        _Layer("environment", _environment_values(env)),
+        _Layer("file", _read_config_file(config_file) if config_file is not None else {}),
+        _Layer("sdk", _sdk_values(env)),
+    ]
+    flat = _place_flat_target(layers, config_file=config_file)
+    sources: tuple[PydanticBaseSettingsSource, ...] = tuple(
+        InitSettingsSource(RunSettings, layer.values) for layer in layers
+    )
+    try:
+        return RunSettings(_build_sources=(sources, {}))
+    except ValidationError as exc:
+        raise ConfigError(
+            [
+                _problem(error, layers=layers, flat=flat, config_file=config_file)
+                for error in exc.errors()
+            ]
+        ) from None
+
+
+def _environment_values(env: Mapping[str, str]) -> dict[str, Any]:
+    names = {f"{ENV_PREFIX}{name.upper()}": name for name in _settable_names()}
+    credential_names = {f"{ENV_PREFIX}{key.upper()}" for key in SECRET_FILE_NAMES}
+    values: dict[str, Any] = {}
+    unknown: list[Problem] = []
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or not value.strip():
+            continue
+        if key in names:
+            values[names[key]] = value
+        elif key not in credential_names and key != CONFIG_ENV:
+            # A misspelt OMS_CLEANUP_PROTECT_ID would otherwise protect nothing, silently.
+            unknown.append(Problem(key, "unknown setting (misspelt?)"))
+    if unknown:
+        raise ConfigError(sorted(unknown, key=str))
+    return values
+
+
+def _sdk_values(env: Mapping[str, str]) -> dict[str, Any]:
+    # The Huawei SDK's project id is ambient configuration for many tools, so it ranks below
+    # this tool's own config file and never replaces the file's [[targets]].
+    project = env.get(SDK_PROJECT_ID_ENV, "").strip()
+    return {"project_id": project} if project else {}
+
+
+def _settable_names() -> list[str]:
+    return [name for name in RunSettings.model_fields if name != "targets"] + list(
+        _FLAT_TARGET_KEYS
+    )
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    # pydantic-settings ignores a TOML file that does not exist; a file the user named must.
+    try:
+        with path.open("rb") as stream:
+            data = tomllib.load(stream)
+    except OSError as exc:
+        raise ConfigError(
+            [Problem("--config", f"cannot read {str(path)!r}: {exc.strerror}")]
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            [Problem("--config", f"{str(path)!r} is not valid TOML: {exc}")]
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem("--config", f"{str(path)!r} is not UTF-8 text")]) from None
+    return data
+
+
+def _place_flat_target(layers: list[_Layer], *, config_file: Path | None) -> bool:
+    """Turn region/endpoint/project_id into one target; True when that target is the one used.
+
+    A region or endpoint from a higher layer replaces both from lower layers (they are one
+    choice). The flat target replaces the file's [[targets]] when flags or the environment name
+    any part of it; in the file alone, mixing both spellings is an error.
+    """
+    file_layer = next(layer for layer in layers if layer.name == "file")
+    file_flat = [key for key in _FLAT_TARGET_KEYS if key in file_layer.values]
+    if file_flat and "targets" in file_layer.values:
+        raise ConfigError(
+            [
+                Problem(
+                    f"config file {str(config_file)!r}",
+                    f"top-level {', '.join(file_flat)} and [[targets]] cannot be combined",
+                )
+            ]
+        )
+    flat: dict[str, Any] = {}
+    location_found = False
+    overriding = False
+    for layer in layers:
+        parts = {key: layer.values.pop(key) for key in _FLAT_TARGET_KEYS if key in layer.values}
+        if parts and layer.name in ("flags", "environment"):
+            overriding = True
+        if not location_found and ("region" in parts or "endpoint" in parts):
+            location_found = True
+            flat.update({key: parts[key] for key in ("region", "endpoint") if key in parts})
+        if "project_id" in parts:
+            flat.setdefault("project_id", parts["project_id"])
+    if overriding or (flat and "targets" not in file_layer.values):
+        file_layer.values.pop("targets", None)
+        layers[0].values["targets"] = [flat]
+        return True
+    return False
+
+
+def _problem(
+    error: Mapping[str, Any], *, layers: Sequence[_Layer], flat: bool, config_file: Path | None
+) -> Problem:
+    """One validation error as one line naming the option the user gave (and where from)."""
+    loc: tuple[str | int, ...] = tuple(error["loc"])
+    message = str(error["msg"])
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, _FieldProblem):
+        loc = loc + cause.loc
+        message = str(cause)
+    elif message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+    elif error["type"] != "extra_forbidden" and isinstance(error.get("input"), str | int | float):
+        message = f"{message} (got {error['input']!r})"
+    origin_of = {layer.name: layer for layer in layers}
+    file_label = f"config file {str(config_file)!r}"
+    if error["type"] == "extra_forbidden":
+        where = file_label if loc[0] in origin_of["file"].values or loc[0] == "targets" else "--"
+        return Problem(where, f"unknown key {'.'.join(str(part) for part in loc)!r}")
+    if loc and loc[0] == "targets":
+        if flat:
+            field = str(loc[2]) if len(loc) > 2 else "region"
+            return Problem(f"--{field.replace('_', '-')}", message)
+        if len(loc) > 1:
+            path = f"targets[{loc[1]}]" + (f".{loc[2]}" if len(loc) > 2 else "")
+            return Problem(f"{file_label}: {path}", message)
+        return Problem("--region", message)
+    field = str(loc[0]) if loc else ""
+    option = _FLAG_NAMES.get(field, f"--{field.replace('_', '-')}")
+    for layer in layers:
+        if field in layer.values:
+            if layer.name == "environment":
+                option = f"{option} ({ENV_PREFIX}{field.upper()})"
+            elif layer.name == "file":
+                option = f"{option} ({file_label})"
+            break
+    return Problem(option, message)
+
+
+# --------------------------------------------------------------------------------------------
+# Credentials
+
+
+class CredentialSettings(BaseSettings):
+    """Credential values from one source; never read from the command line."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid")
+
+    ak: str | None = None
+    sk: SecretStr | None = None
+    security_token: SecretStr | None = None
+    auth_token: SecretStr | None = None
+
+    @field_validator("ak")
+    @classmethod
+    def _check_ak(cls, value: str | None) -> str | None:
+        if value is not None and not _ACCESS_KEY_RE.fullmatch(value):
+            raise ValueError("must be letters and digits only")
+        return value
+
+    @field_validator("sk", "security_token", "auth_token")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # Secrets travel in headers (or key an HMAC); a stray newline would break the request.
+        if value is not None and _CONTROL_RE.search(value.get_secret_value()):
+            raise ValueError("contains control characters (a stray newline?)")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class _CredentialSource:
+    description: str
+    names: Mapping[str, str]  # field -> the name the user knows it by
+    values: dict[str, str]
+
+
+def load_credentials(
+    *, environ: Mapping[str, str] | None = None, secrets_dir: Path | None = None
+) -> Credentials:
+    """The one credential set to sign with, from the first source that holds any.
+
+    Sources, first wins: OMS_CLEANUP_{AK,SK,SECURITY_TOKEN,AUTH_TOKEN}; the Huawei SDK's
+    HUAWEICLOUD_SDK_{AK,SK,SECURITY_TOKEN}; files ak, sk, security_token, auth_token in
+    `secrets_dir`. Values are never mixed across sources (an AK from one place and an SK from
+    another are a mismatched pair). Raises ConfigError when none, a partial set, or both modes
+    are found.
+    """
+    env = environment(environ)
+    sources = [
+        _env_credentials(env, ENV_PREFIX, SECRET_FILE_NAMES, "environment (OMS_CLEANUP_*)"),
+        _env_credentials(
+            env, SDK_ENV_PREFIX, _SDK_CREDENTIAL_KEYS, "environment (HUAWEICLOUD_SDK_*)"
+        ),
+    ]
+    if secrets_dir is not None:
+        sources.append(_dir_credentials(secrets_dir))
+    chosen = next((source for source in sources if source.values), None)
+    if chosen is None:
+        raise ConfigError(
+            [
+                Problem(
+                    "credentials",
+                    "none found: set OMS_CLEANUP_AK and OMS_CLEANUP_SK (and "
+                    "OMS_CLEANUP_SECURITY_TOKEN for temporary keys), or OMS_CLEANUP_AUTH_TOKEN, "
+                    "or give --secrets-dir "
+                    "holding files ak and sk, or auth_token",
+                )
+            ]
+        )
+    try:
+        values = CredentialSettings(
+            _build_sources=((InitSettingsSource(CredentialSettings, chosen.values),), {})
+        )
+    except ValidationError as exc:
+        raise ConfigError(
+            [
+                Problem(
+                    chosen.names[str(error["loc"][0])],
+                    str(error["msg"]).removeprefix("Value error, "),
+                )
+                for error in exc.errors()
+            ]
+        ) from None
+    return _credentials_from(values, chosen)
+
+
+def _env_credentials(
+    env: Mapping[str, str], prefix: str, keys: Sequence[str], description: str
+) -> _CredentialSource:
+    names = {key: f"{prefix}{key.upper()}" for key in keys}
+    values = {key: env[name].strip() for key, name in names.items() if env.get(name, "").strip()}
+    return _CredentialSource(description, names, values)
+
+
+def _dir_credentials(directory: Path) -> _CredentialSource:
+    names = {key: f"{str(directory / key)!r}" for key in SECRET_FILE_NAMES}
+    values: dict[str, str] = {}
+    for key in SECRET_FILE_NAMES:
+        path = directory / key
+        if not path.exists():
+            continue
+        try:
+            # Files in a Secret volume usually end with a newline the value does not include.
+            text = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(
+                [Problem("--secrets-dir", f"cannot read {names[key]}: {reason}")]
+            ) from None
+        if text:
+            values[key] = text
+    return _CredentialSource(f"secrets directory {str(directory)!r}", names, values)
+
+
+def _credentials_from(values: CredentialSettings, source: _CredentialSource) -> Credentials:
+    key_mode = values.ak is not None or values.sk is not None or values.security_token is not None
+    if key_mode and values.auth_token is not None:
+        raise ConfigError(
+            [
+                Problem(
+                    source.names["auth_token"],
+                    "give either an AK/SK pair or an auth token, not both "
+                    f"(in {source.description})",
+                )
+            ]
+        )
+    if values.auth_token is not None:
+        return IamToken(token=values.auth_token)
+    missing = [key for key in ("ak", "sk") if getattr(values, key) is None]
+    if missing:
+        given = ", ".join(
+            source.names[key] for key in ("ak", "sk", "security_token") if key in source.values
+        )
+        raise ConfigError(
+            [
+                Problem(
+                    source.names[key],
+                    f"missing: {given} {'is' if ',' not in given else 'are'} set in "
+                    f"{source.description}, so this is needed too",
+                )
+                for key in missing
+            ]
+        )
+    assert values.ak is not None
+    assert values.sk is not None
+    return AkSk(access_key=values.ak, secret_key=values.sk, security_token=values.security_token)
+
+
+def credential_mode(credentials: Credentials) -> str:
+    """Which kind of credentials, without any of their values."""
+    if isinstance(credentials, IamToken):
+        return "iam_token"
+    return "ak_sk_temporary" if credentials.security_token is not None else "ak_sk"
+
+
+# --------------------------------------------------------------------------------------------
+# Showing settings
+
+
+def masked_settings(
+    settings: RunSettings, *, credentials: Credentials | None = None
+) -> dict[str, Any]:
+    """The effective settings as JSON-ready values, for `validate` and the report.
+
+    Holds no secret: credentials appear as their mode and the access key's last four
+    characters (enough to tell keys apart, too little to use one).
+    """
+    shown: dict[str, Any] = {
+        "targets": [
+            {
+                "project_id": target.project_id,
+                "region": target.region,
+                "endpoint": target.endpoint,
+            }
+            for target in settings.targets
+        ],
+        "older_than": _maybe(format_duration, settings.older_than),
+        "started_before": _maybe(lambda value: value.isoformat(), settings.started_before),
+        "states": sorted(status.label for status in settings.states),
+        "name_include": list(settings.name_include),
+        "name_exclude": list(settings.name_exclude),
+        "protect_ids": sorted(settings.protect_ids),
+        "group_id": settings.group_id,
+        "rate": settings.rate,
+        "concurrency": settings.concurrency,
+        "requeue_delay": format_duration(settings.requeue_delay),
+        "max_attempts": settings.max_attempts,
+        "deadline": format_duration(settings.deadline),
+        "max_deletions": _maybe(str, settings.max_deletions),
+        "execute": settings.execute,
+        "dry_run": settings.dry_run,
+        "yes": settings.yes,
+        "stop_running": settings.stop_running,
+        "report": str(settings.report),
+        "log_format": settings.log_format or "auto",
+        "log_level": settings.log_level,
+        "connect_timeout": settings.connect_timeout,
+        "request_timeout": settings.request_timeout,
+        "ca_bundle": _maybe(str, settings.ca_bundle),
+        "allow_insecure_http": settings.allow_insecure_http,
+        "secrets_dir": _maybe(str, settings.secrets_dir),
+    }
+    if credentials is not None:
+        shown["auth_mode"] = credential_mode(credentials)
+        if isinstance(credentials, AkSk):
+            shown["access_key"] = "****" + credentials.access_key[-4:]
+    return shown
+
+
+def _maybe(convert: Callable[[Any], Any], value: Any) -> Any:
+    return None if value is None else convert(value)
