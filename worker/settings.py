@@ -221,12 +221,22 @@ def _duration(value: Any) -> Any:
     )
 
 
-def _seconds(value: Any) -> Any:
-    if isinstance(value, str) and value.strip() and value.strip()[-1].isalpha():
-        return parse_duration(value).total_seconds()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    return value
+def _timeout(value: Any) -> Any:
+    # A bare number of seconds is the usual spelling of a timeout, and harmless if misread.
+    seconds: float
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str):
+        try:
+            seconds = float(value)
+        except ValueError:
+            return parse_duration(value)
+    else:
+        return _duration(value)
+    # A day is already far beyond any sensible timeout; the bound keeps timedelta from overflowing.
+    if not -86400 <= seconds <= 86400:
+        raise ValueError(f"expected a number of seconds or a duration like 30s (got {value!r})")
+    return timedelta(seconds=seconds)
 
 
 def _timestamp(value: Any) -> Any:
@@ -299,9 +309,11 @@ class RunSettings(BaseSettings):
     # None means "decide at start-up" (console on a TTY, JSON lines otherwise).
     log_format: LogFormat | None = None
     log_level: LogLevel = "info"
-    # Seconds. Connecting includes waiting for a pooled connection (aiohttp), hence some slack.
-    connect_timeout: float = 10.0
-    request_timeout: float = 60.0
+    # Connecting includes waiting for a pooled connection (aiohttp), hence some slack.
+    connect_timeout: timedelta = timedelta(seconds=10)
+    request_timeout: timedelta = timedelta(seconds=60)
+    # After a stop (signal, deadline), in-flight requests get this long before being cancelled.
+    shutdown_grace: timedelta = timedelta(seconds=10)
     ca_bundle: Path | None = None
     allow_insecure_http: bool = False
     secrets_dir: Path | None = None
@@ -328,11 +340,14 @@ class RunSettings(BaseSettings):
     def _parse_duration(cls, value: Any) -> Any:
         return _duration(value)
 
-    @field_validator("requeue_delay", "deadline")
+    @field_validator(
+        "requeue_delay", "deadline", "connect_timeout", "request_timeout", "shutdown_grace"
+    )
     @classmethod
     def _positive_duration(cls, value: timedelta) -> timedelta:
         if value <= timedelta():
-            raise ValueError(f"must be longer than 0s (got {format_duration(value)})")
+            sign, size = ("-", -value) if value < timedelta() else ("", value)
+            raise ValueError(f"must be longer than 0s (got {sign}{format_duration(size)})")
         return value
 
     @field_validator("started_before", mode="before")
@@ -410,12 +425,12 @@ class RunSettings(BaseSettings):
     def _parse_log_level(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("connect_timeout", "request_timeout", mode="before")
+    @field_validator("connect_timeout", "request_timeout", "shutdown_grace", mode="before")
     @classmethod
-    def _parse_seconds(cls, value: Any) -> Any:
-        return _seconds(value)
+    def _parse_timeout(cls, value: Any) -> Any:
+        return _timeout(value)
 
-    @field_validator("rate", "connect_timeout", "request_timeout")
+    @field_validator("rate")
     @classmethod
     def _check_positive(cls, value: float) -> float:
         return _positive(value)
@@ -857,8 +872,9 @@ def masked_settings(
         "report": str(settings.report),
         "log_format": settings.log_format or "auto",
         "log_level": settings.log_level,
-        "connect_timeout": settings.connect_timeout,
-        "request_timeout": settings.request_timeout,
+        "connect_timeout": format_duration(settings.connect_timeout),
+        "request_timeout": format_duration(settings.request_timeout),
+        "shutdown_grace": format_duration(settings.shutdown_grace),
         "ca_bundle": _maybe(str, settings.ca_bundle),
         "allow_insecure_http": settings.allow_insecure_http,
         "secrets_dir": _maybe(str, settings.secrets_dir),
