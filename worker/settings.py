@@ -653,8 +653,13 @@ def _problem(
     origin_of = {layer.name: layer for layer in layers}
     file_label = f"config file {str(config_file)!r}"
     if error["type"] == "extra_forbidden":
-        where = file_label if loc[0] in origin_of["file"].values or loc[0] == "targets" else "--"
-        return Problem(where, f"unknown key {'.'.join(str(part) for part in loc)!r}")
+        key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+        hint = ""
+        if loc[0] == "targets" and len(loc) == 3 and loc[2] in RunSettings.model_fields:
+            # TOML puts every key after a [[targets]] header into that table.
+            hint = " (top-level options must come before the first [[targets]] table)"
+        from_file = loc[0] in origin_of["file"].values or loc[0] == "targets"
+        return Problem(file_label if from_file else "settings", f"unknown key {key[1:]!r}{hint}")
     if loc and loc[0] == "targets":
         if flat:
             field = str(loc[2]) if len(loc) > 2 else "region"
