@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import yarl
+from multidict import CIMultiDict
 from pydantic import SecretStr
 
 from worker.oms import signing
@@ -36,7 +37,7 @@ class Answer:
     """One HTTP answer as received."""
 
     status: int
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     body: bytes
 
     def json(self) -> Any:
@@ -105,7 +106,7 @@ class SimClient:
         )
         async with self.session.request(method, target, headers=headers) as response:
             body = await response.read()
-            return Answer(response.status, dict(response.headers), body)
+            return Answer(response.status, CIMultiDict(response.headers), body)
 
     def tasks_path(self, task_id: int | str | None = None, *, project_id: str | None = None) -> str:
         """`/v2/{project}/tasks[/{id}]`."""
