@@ -173,7 +173,8 @@ def parse_limit(message: str | None) -> float | None:
     match = _LIMIT_RE.search(message)
     if match is None:
         return None
-    return int(match[1]) / _PERIOD_SECONDS[match[3].lower()]
+    window = int(match[2]) * _PERIOD_SECONDS[match[3].lower()]
+    return int(match[1]) / window if window > 0 else None
 
 
 def classify(
