@@ -596,3 +596,62 @@ async def test_missing_ca_bundle_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"missing\.pem"):
         await client.__aenter__()
     assert "closed" in repr(client)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"project_id": ""}, "project_id"),
+        ({"project_id": "../admin"}, "project_id"),
+        ({"project_id": "a b"}, "project_id"),
+        ({"endpoint": yarl.URL("/relative")}, "absolute"),
+        ({"endpoint": yarl.URL("ftp://oms.example.com")}, "absolute"),
+        ({"connect_timeout": 0.0}, "timeouts"),
+        ({"total_timeout": -1.0}, "timeouts"),
+        ({"max_connections": 0}, "max_connections"),
+    ],
+)
+def test_client_config_refuses_bad_settings(changes: dict[str, Any], message: str) -> None:
+    """Settings that would build a wrong path or a useless session are refused up front."""
+    settings: dict[str, Any] = {"endpoint": yarl.URL("https://oms.example.com"), "project_id": PID}
+    with pytest.raises(ValueError, match=message):
+        ClientConfig(**{**settings, **changes})
+
+
+def test_client_config_defaults() -> None:
+    """Defaults: the project's User-Agent and the default retry policy."""
+    config = ClientConfig(endpoint=yarl.URL("https://oms.example.com"), project_id=PID)
+    assert config.user_agent == f"oms-cleanup/{__version__}"
+    assert config.retry == RetryPolicy()
+    assert config.ca_bundle is None
+
+
+async def test_stats_count_sends_by_kind(serve: Serve, harness: Harness) -> None:
+    """Stats count every send under its kind, plus retries and 429s, and report them."""
+    oms = ScriptedOms([oms_error(429, "APIG.0308"), oms_error(503, "OMS.2004")], tasks=2)
+    async with harness.client(await serve(oms.app())) as client:
+        await client.delete_task(1)  # 429, 503, then 200
+        await client.list_tasks()
+        await client.show_task(1)
+        await client.stop_task(1)
+        await client.stop_task(2)
+    assert client.stats.as_report() == {
+        "list": 1,
+        "show": 1,
+        "delete": 3,
+        "stop": 2,
+        "retries": 2,
+        "throttled": 1,
+        "total": 7,
+    }
+    assert client.stats.total == len(oms.seen)
+
+
+async def test_repr_names_the_target_not_the_credentials(serve: Serve, harness: Harness) -> None:
+    """The client's repr shows endpoint, project, auth mode and state, nothing secret."""
+    url = await serve(ScriptedOms().app())
+    client = harness.client(url, credentials=AKSK_TEMPORARY)
+    assert repr(client) == f"OmsClient(endpoint='{url}', project_id='{PID}', auth=ak/sk, closed)"
+    async with client:
+        assert repr(client).endswith("open)")
+    assert "AKTEST" not in repr(client)
