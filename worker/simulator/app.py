@@ -189,14 +189,16 @@ class _Api:
             return _error(403, NO_PERMISSION, message, request_id)
 
         state.requests[kind] += 1
+        payload: dict[str, Any] | ApiRefusal | None
         try:
             payload = call(request, project_id, by)
         except ApiRefusal as refusal:
-            return _error(refusal.status, refusal.code, refusal.message, request_id)
-
+            payload = refusal
         if plan.drop and self.config.faults.drop_after_processing:
             state.rejected["dropped"] += 1
             return _drop(request)
+        if isinstance(payload, ApiRefusal):
+            return _error(payload.status, payload.code, payload.message, request_id)
         if plan.malformation is not None and payload is not None:
             state.rejected["malformed"] += 1
             status, content_type, body = malformed_list_answer(
