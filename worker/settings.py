@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import yarl
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 from pydantic import model_validator as _model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -535,19 +542,36 @@ def load_settings(
         _Layer("file", _read_config_file(config_file) if config_file is not None else {}),
         _Layer("sdk", _sdk_values(env)),
     ]
-    flat = _place_flat_target(layers, config_file=config_file)
+    flat, replaced = _place_flat_target(layers, config_file=config_file)
+    found: list[Problem] = []
+    if replaced is not None:
+        # Replaced targets are still checked: a mistake there (an option placed after a
+        # [[targets]] header) must not vanish just because a flag chose the target this time.
+        try:
+            TypeAdapter(list[Target]).validate_python(replaced)
+        except ValidationError as exc:
+            found.extend(
+                _problem(
+                    {**error, "loc": ("targets", *error["loc"])},
+                    layers=layers,
+                    flat=False,
+                    config_file=config_file,
+                )
+                for error in exc.errors()
+            )
     sources: tuple[PydanticBaseSettingsSource, ...] = tuple(
         InitSettingsSource(RunSettings, layer.values) for layer in layers
     )
     try:
-        return RunSettings(_build_sources=(sources, {}))
+        settings = RunSettings(_build_sources=(sources, {}))
     except ValidationError as exc:
-        raise ConfigError(
-            [
-                _problem(error, layers=layers, flat=flat, config_file=config_file)
-                for error in exc.errors()
-            ]
-        ) from None
+        found.extend(
+            _problem(error, layers=layers, flat=flat, config_file=config_file)
+            for error in exc.errors()
+        )
+    if found:
+        raise ConfigError(found)
+    return settings
 
 
 def _environment_values(env: Mapping[str, str]) -> dict[str, Any]:
@@ -599,8 +623,11 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _place_flat_target(layers: list[_Layer], *, config_file: Path | None) -> bool:
-    """Turn region/endpoint/project_id into one target; True when that target is the one used.
+def _place_flat_target(layers: list[_Layer], *, config_file: Path | None) -> tuple[bool, Any]:
+    """Turn region/endpoint/project_id into one target.
+
+    Returns whether that target is the one used, and the file's [[targets]] it replaced (None
+    when it replaced none).
 
     A region or endpoint from a higher layer replaces both from lower layers (they are one
     choice). The flat target replaces the file's [[targets]] when flags or the environment name
@@ -630,10 +657,10 @@ def _place_flat_target(layers: list[_Layer], *, config_file: Path | None) -> boo
         if "project_id" in parts:
             flat.setdefault("project_id", parts["project_id"])
     if overriding or (flat and "targets" not in file_layer.values):
-        file_layer.values.pop("targets", None)
+        replaced = file_layer.values.pop("targets", None)
         layers[0].values["targets"] = [flat]
-        return True
-    return False
+        return True, replaced
+    return False, None
 
 
 def _problem(
@@ -667,7 +694,9 @@ def _problem(
         if len(loc) > 1:
             path = f"targets[{loc[1]}]" + (f".{loc[2]}" if len(loc) > 2 else "")
             return Problem(f"{file_label}: {path}", message)
-        return Problem("--region", message)
+        if isinstance(cause, _FieldProblem):  # no target at all
+            return Problem("--region", message)
+        return Problem(f"{file_label}: targets", message)
     field = str(loc[0]) if loc else ""
     option = _FLAG_NAMES.get(field, f"--{field.replace('_', '-')}")
     for layer in layers:

@@ -1,0 +1,589 @@
+"""Run settings and credentials: sources, precedence, validation, masking."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from worker.oms.auth import AkSk, IamToken
+from worker.oms.models import TaskStatus
+from worker.settings import (
+    ConfigError,
+    MaxDeletions,
+    RunSettings,
+    Target,
+    load_credentials,
+    load_settings,
+    masked_settings,
+)
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "config" / "cleanup.example.toml"
+TARGET = {"region": "cn-north-4", "project_id": "p1", "older_than": "30d"}
+SK = "SKtestSKtestSKtestSKtestSKtestSKtest0001"
+TOKEN = "MIItoken-value-0001"
+
+
+def write(path: Path, text: str) -> Path:
+    """Write `text` to `path` and return the path."""
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems(error: pytest.ExceptionInfo[ConfigError]) -> list[str]:
+    """The one-line problems a ConfigError carries."""
+    return [str(problem) for problem in error.value.problems]
+
+
+# ------------------------------------------------------------------------------------------
+# Precedence: flag > environment > file > default
+
+PRECEDENCE_TABLE = [
+    # (field, flag, env, file (TOML value), expected attribute value)
+    ("rate", "5", "6", "7.0", 5.0),
+    ("rate", None, "6", "7.0", 6.0),
+    ("rate", None, None, "7.0", 7.0),
+    ("rate", None, None, None, 20.0),
+    ("concurrency", None, "3", "4", 3),
+    ("older_than", "1h", "2h", '"3h"', timedelta(hours=1)),
+    ("older_than", None, "2h", '"3h"', timedelta(hours=2)),
+    ("older_than", None, None, '"3h"', timedelta(hours=3)),
+    ("states", "paused", "failed", '["succeeded"]', frozenset({TaskStatus.PAUSED})),
+    (
+        "states",
+        None,
+        "failed,paused",
+        '["succeeded"]',
+        frozenset({TaskStatus.FAILED, TaskStatus.PAUSED}),
+    ),
+    ("states", None, None, '["succeeded"]', frozenset({TaskStatus.SUCCEEDED})),
+    ("states", None, None, None, frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED})),
+    ("log_level", "DEBUG", "error", '"warning"', "debug"),
+    ("log_level", None, None, None, "info"),
+    ("execute", True, "false", "false", True),
+    ("execute", False, "true", "true", False),
+    ("execute", None, "true", "false", True),
+    ("execute", None, None, "true", True),
+    ("execute", None, None, None, False),
+    ("protect_ids", ["9"], "7,8", "[1]", frozenset({9})),
+    ("protect_ids", None, "7, 8", "[1]", frozenset({7, 8})),
+    ("protect_ids", None, None, "[1, 2]", frozenset({1, 2})),
+    ("name_exclude", None, "a*,b*", '["c*"]', ("a*", "b*")),
+    ("max_deletions", "10%", "5", "3", MaxDeletions(percent=10)),
+    ("max_deletions", None, "5", "3", MaxDeletions(count=5)),
+    ("max_deletions", None, None, "3", MaxDeletions(count=3)),
+    ("max_deletions", None, None, None, None),
+    ("requeue_delay", None, "1m", '"5s"', timedelta(minutes=1)),
+    ("connect_timeout", "2.5", None, '"9s"', timedelta(seconds=2.5)),
+    ("connect_timeout", None, None, "3", timedelta(seconds=3)),
+    ("log_format", "auto", "json", '"console"', None),
+    ("log_format", None, "json", '"console"', "json"),
+]
+
+
+@pytest.mark.parametrize(("field", "flag", "env", "file", "expected"), PRECEDENCE_TABLE)
+def test_precedence(
+    tmp_path: Path, field: str, flag: Any, env: str | None, file: str | None, expected: Any
+) -> None:
+    """The most specific source that gives an option wins."""
+    config = write(tmp_path / "c.toml", f"{field} = {file}\n" if file is not None else "")
+    flags = {**TARGET, field: flag}
+    environ = {f"OMS_CLEANUP_{field.upper()}": env} if env is not None else {}
+    settings = load_settings(flags, config_file=config, environ=environ)
+    assert getattr(settings, field) == expected
+
+
+TARGET_TABLE = [
+    # (flags, environ, file text, expected targets)
+    (
+        {"region": "cn-north-4", "project_id": "p1"},
+        {},
+        "",
+        (Target(region="cn-north-4", project_id="p1"),),
+    ),
+    (
+        {"region": "cn-north-4"},
+        {"OMS_CLEANUP_PROJECT_ID": "p2"},
+        'project_id = "p3"\n',
+        (Target(region="cn-north-4", project_id="p2"),),
+    ),
+    (
+        {},
+        {},
+        'region = "ap-southeast-1"\nproject_id = "p3"\n',
+        (Target(region="ap-southeast-1", project_id="p3"),),
+    ),
+    (
+        {"endpoint": "http://127.0.0.1:8080"},
+        {},
+        'region = "ap-southeast-1"\nproject_id = "p3"\n',
+        (Target(endpoint="http://127.0.0.1:8080", project_id="p3"),),
+    ),
+    (
+        {},
+        {"OMS_CLEANUP_REGION": "af-south-1"},
+        'endpoint = "https://oms.example.com"\nproject_id = "p3"\n',
+        (Target(region="af-south-1", project_id="p3"),),
+    ),
+    (
+        {},
+        {"HUAWEICLOUD_SDK_PROJECT_ID": "sdk"},
+        'region = "ap-southeast-1"\n',
+        (Target(region="ap-southeast-1", project_id="sdk"),),
+    ),
+    (
+        {},
+        {"HUAWEICLOUD_SDK_PROJECT_ID": "sdk"},
+        'region = "ap-southeast-1"\nproject_id = "file"\n',
+        (Target(region="ap-southeast-1", project_id="file"),),
+    ),
+    (
+        {},
+        {"HUAWEICLOUD_SDK_PROJECT_ID": "sdk"},
+        '[[targets]]\nregion = "cn-north-4"\nproject_id = "a"\n'
+        '[[targets]]\nendpoint = "https://oms.example.com/base"\nproject_id = "b"\n',
+        (
+            Target(region="cn-north-4", project_id="a"),
+            Target(endpoint="https://oms.example.com/base", project_id="b"),
+        ),
+    ),
+    (
+        {"region": "la-south-2", "project_id": "flag"},
+        {},
+        '[[targets]]\nregion = "cn-north-4"\nproject_id = "a"\n',
+        (Target(region="la-south-2", project_id="flag"),),
+    ),
+    (
+        {},
+        {"OMS_CLEANUP_REGION": "me-east-1", "OMS_CLEANUP_PROJECT_ID": "env"},
+        '[[targets]]\nregion = "cn-north-4"\nproject_id = "a"\n',
+        (Target(region="me-east-1", project_id="env"),),
+    ),
+]
+
+
+@pytest.mark.parametrize(("flags", "environ", "file", "expected"), TARGET_TABLE)
+def test_targets(
+    tmp_path: Path,
+    flags: dict[str, str],
+    environ: dict[str, str],
+    file: str,
+    expected: tuple[Target, ...],
+) -> None:
+    """Flat target options combine across sources and replace the file's [[targets]]."""
+    config = write(tmp_path / "c.toml", file)
+    settings = load_settings({"older_than": "1d", **flags}, config_file=config, environ=environ)
+    assert settings.targets == expected
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    """$OMS_CLEANUP_CONFIG names the config file when --config is not given."""
+    config = write(tmp_path / "c.toml", 'region = "cn-north-4"\nproject_id = "p"\nrate = 3\n')
+    settings = load_settings({"older_than": "1d"}, environ={"OMS_CLEANUP_CONFIG": str(config)})
+    assert settings.rate == 3.0
+
+
+def test_example_config_loads() -> None:
+    """The shipped example config is valid and says what it documents."""
+    settings = load_settings({}, config_file=EXAMPLE_CONFIG, environ={})
+    assert len(settings.targets) == 2
+    assert settings.older_than == timedelta(days=30)
+    assert settings.dry_run
+    assert settings.max_deletions == MaxDeletions(percent=10)
+    assert 191297407830872 in settings.protect_ids
+
+
+def test_example_config_documents_every_option() -> None:
+    """Every settable option appears in the example config (set or commented out)."""
+    text = EXAMPLE_CONFIG.read_text(encoding="utf-8")
+    missing = [
+        name
+        for name in [*RunSettings.model_fields, "region", "endpoint", "project_id"]
+        if f"{name} = " not in text and f"[[{name}]]" not in text
+    ]
+    assert missing == []
+
+
+# ------------------------------------------------------------------------------------------
+# Parsing details
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-01-31T00:00:00Z", datetime(2026, 1, 31, tzinfo=UTC)),
+        ("2026-01-31T00:00:00", datetime(2026, 1, 31, tzinfo=UTC)),
+        ("2026-01-31", datetime(2026, 1, 31, tzinfo=UTC)),
+        ("2026-01-31T08:00:00+08:00", datetime(2026, 1, 31, tzinfo=UTC)),
+    ],
+)
+def test_started_before(value: str, expected: datetime) -> None:
+    """ISO 8601 timestamps parse to aware datetimes; naive ones are UTC."""
+    flags = {"region": "cn-north-4", "project_id": "p", "started_before": value}
+    settings = load_settings(flags, environ={})
+    assert settings.started_before == expected
+    assert settings.started_before is not None
+    assert settings.started_before.utcoffset() is not None
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ("started_before = 2026-01-31T00:00:00", datetime(2026, 1, 31, tzinfo=UTC)),
+        ("started_before = 2026-01-31", datetime(2026, 1, 31, tzinfo=UTC)),
+        ("started_before = 2026-01-31T02:00:00+02:00", datetime(2026, 1, 31, tzinfo=UTC)),
+    ],
+)
+def test_started_before_toml_types(tmp_path: Path, toml: str, expected: datetime) -> None:
+    """TOML's own date and datetime values are accepted, naive ones as UTC."""
+    config = write(tmp_path / "c.toml", f'region = "cn-north-4"\nproject_id = "p"\n{toml}\n')
+    assert load_settings({}, config_file=config, environ={}).started_before == expected
+
+
+@pytest.mark.parametrize(
+    ("cap", "listed", "expected"),
+    [
+        (MaxDeletions(count=100), 1000, 100),
+        (MaxDeletions(count=100), 40, 40),
+        (MaxDeletions(count=0), 40, 0),
+        (MaxDeletions(percent=10), 1000, 100),
+        (MaxDeletions(percent=10), 30, 3),
+        (MaxDeletions(percent=10), 9, 0),
+        (MaxDeletions(percent=100), 7, 7),
+        (MaxDeletions(percent=0.5), 1000, 5),
+        (MaxDeletions(percent=33), 0, 0),
+    ],
+)
+def test_max_deletions_limit(cap: MaxDeletions, listed: int, expected: int) -> None:
+    """A count caps directly; a percentage of the listed tasks rounds down."""
+    assert cap.limit(listed) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("500", MaxDeletions(count=500)),
+        (" 10% ", MaxDeletions(percent=10)),
+        ("0", MaxDeletions(count=0)),
+    ],
+)
+def test_max_deletions_parse(text: str, expected: MaxDeletions) -> None:
+    """Counts and percentages parse from their flag spelling."""
+    assert MaxDeletions.parse(text) == expected
+    assert MaxDeletions.parse(str(expected)) == expected
+
+
+def test_settings_are_frozen() -> None:
+    """Loaded settings cannot be changed afterwards."""
+    settings = load_settings(TARGET, environ={})
+    with pytest.raises(ValueError, match="frozen"):
+        settings.rate = 1.0  # type: ignore[misc]
+
+
+def test_environment_is_not_read_implicitly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An explicit environ mapping replaces the process environment entirely."""
+    monkeypatch.setenv("OMS_CLEANUP_RATE", "1")
+    assert load_settings(TARGET, environ={}).rate == 20.0
+    assert load_settings(TARGET).rate == 1.0
+
+
+# ------------------------------------------------------------------------------------------
+# Bad inputs: one problem each, naming the option (and where it came from)
+
+BAD_TABLE = [
+    # (flags, environ, file text, expected problem line)
+    ({"rate": "-1"}, {}, None, "--rate: must be greater than 0 (got -1)"),
+    ({"rate": "0"}, {}, None, "--rate: must be greater than 0 (got 0)"),
+    ({"rate": "nan"}, {}, None, "--rate: must be greater than 0 (got nan)"),
+    ({}, {"OMS_CLEANUP_RATE": "-1"}, None, "--rate (OMS_CLEANUP_RATE): must be greater than 0"),
+    ({}, {}, "rate = -2", "--rate (config file"),
+    ({"concurrency": "0"}, {}, None, "--concurrency: must be at least 1 (got 0)"),
+    ({"concurrency": "x"}, {}, None, "--concurrency: Input should be a valid integer"),
+    ({"max_attempts": "0"}, {}, None, "--max-attempts: must be at least 1"),
+    ({"older_than": "5x"}, {}, None, "--older-than: invalid duration '5x'"),
+    ({"older_than": None}, {}, "older_than = 30", "--older-than (config file"),
+    ({"requeue_delay": "0s"}, {}, None, "--requeue-delay: must be longer than 0s"),
+    ({"deadline": "soon"}, {}, None, "--deadline: invalid duration 'soon'"),
+    ({"request_timeout": "-1"}, {}, None, "--request-timeout: must be longer than 0s (got -1s)"),
+    ({"started_before": "yesterday"}, {}, None, "--started-before: expected an ISO 8601"),
+    ({"states": ""}, {}, None, "--states: name at least one state"),
+    ({"states": " , "}, {}, None, "--states: name at least one state"),
+    ({"states": "done"}, {}, None, "--states: unknown task state 'done'"),
+    ({"states": "unknown"}, {}, None, "--states: 'unknown' is not a selectable task state"),
+    ({"states": "succeeded,migrating"}, {}, None, "--states: migrating is an active state"),
+    ({"states": "waiting,retrying"}, {}, None, "--states: retrying, waiting are active states"),
+    ({"protect_ids": ["12", "x"]}, {}, None, "--protect-id: expected task ids"),
+    ({"protect_ids": ["0"]}, {}, None, "--protect-id: task ids are positive"),
+    ({"max_deletions": "lots"}, {}, None, "--max-deletions: expected a number of tasks"),
+    ({"max_deletions": "150%"}, {}, None, "--max-deletions: a percentage must be above 0"),
+    ({"max_deletions": "-1"}, {}, None, "--max-deletions: must be 0 or more"),
+    ({"log_format": "xml"}, {}, None, "--log-format: Input should be 'json' or 'console'"),
+    ({"log_level": "loud"}, {}, None, "--log-level: Input should be"),
+    ({"report": "/nonexistent-dir/r.json"}, {}, None, "--report: directory '/nonexistent-dir'"),
+    ({"ca_bundle": "/nonexistent.pem"}, {}, None, "--ca-bundle: no such file"),
+    ({"secrets_dir": "/nonexistent-dir"}, {}, None, "--secrets-dir: no such directory"),
+    ({"older_than": None}, {}, None, "--older-than: an age criterion is required"),
+    ({"region": None}, {}, None, "--region: give a region"),
+    ({"region": "north"}, {}, None, "--region: region 'north' is not a region name"),
+    ({"project_id": "a/b"}, {}, None, "--project-id: must be letters, digits"),
+    ({"region": None, "project_id": None}, {}, None, "--region: no target"),
+    ({"endpoint": "https://oms.example.com"}, {}, None, "--endpoint: give either a region or"),
+    ({"region": None, "endpoint": "not a url"}, {}, None, "--endpoint: endpoint 'not a url'"),
+    ({"region": None, "endpoint": "ftp://h"}, {}, None, "--endpoint: endpoint 'ftp://h' must"),
+    (
+        {"region": None, "endpoint": "http://10.1.2.3:80"},
+        {},
+        None,
+        "--endpoint: endpoint 'http://10.1.2.3:80' uses plain http to a non-loopback host",
+    ),
+    ({}, {"OMS_CLEANUP_PROTECT_ID": "5"}, None, "OMS_CLEANUP_PROTECT_ID: unknown setting"),
+    ({}, {}, "bogus = 1", "unknown key 'bogus'"),
+    ({}, {}, "[[targets]]\nregion = 'cn-north-4'\nproject_id = 'p'\nrate = 1", "before the first"),
+    (
+        {"region": None, "project_id": None},
+        {},
+        "[[targets]]\nregion = 'cn-north-4'\nproject_id = 'p/q'",
+        "targets[0].project_id: must be letters",
+    ),
+    (
+        {"region": None, "project_id": None},
+        {},
+        "region = 'cn-north-4'\n[[targets]]\nregion = 'cn-north-4'\nproject_id = 'p'",
+        "top-level region and [[targets]] cannot be combined",
+    ),
+    ({}, {}, "x = [", "--config: "),
+    (
+        {"region": None, "project_id": None},
+        {},
+        "targets = 'x'",
+        "c.toml': targets: Input should be",
+    ),
+    ({}, {}, "targets = 'x'", "c.toml': targets: Input should be"),
+]
+
+
+@pytest.mark.parametrize(("flags", "environ", "file", "expected"), BAD_TABLE)
+def test_bad_input(
+    tmp_path: Path,
+    flags: dict[str, Any],
+    environ: dict[str, str],
+    file: str | None,
+    expected: str,
+) -> None:
+    """Each bad input gives exactly one problem, naming the option."""
+    config = write(tmp_path / "c.toml", file) if file is not None else None
+    with pytest.raises(ConfigError) as error:
+        load_settings({**TARGET, **flags}, config_file=config, environ=environ)
+    lines = problems(error)
+    assert len(lines) == 1, lines
+    assert expected in lines[0]
+    assert "\n" not in lines[0]
+
+
+def test_allow_insecure_http() -> None:
+    """Plain http to a remote host is accepted only when explicitly allowed."""
+    flags = {**TARGET, "region": None, "endpoint": "http://10.1.2.3:8080/oms/"}
+    settings = load_settings({**flags, "allow_insecure_http": True}, environ={})
+    url = settings.targets[0].base_url(allow_insecure_http=True)
+    assert str(url) == "http://10.1.2.3:8080/oms"
+
+
+def test_several_problems_each_on_a_line() -> None:
+    """Independent bad inputs are all reported, one line each."""
+    with pytest.raises(ConfigError) as error:
+        load_settings({**TARGET, "rate": "0", "concurrency": "0"}, environ={})
+    assert sorted(problems(error)) == [
+        "--concurrency: must be at least 1 (got 0)",
+        "--rate: must be greater than 0 (got 0)",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_unreadable_config_file(tmp_path: Path, kind: str) -> None:
+    """A named config file that cannot be read is an error, not silently ignored."""
+    path = tmp_path / "missing.toml"
+    if kind == "directory":
+        path.mkdir()
+    with pytest.raises(ConfigError) as error:
+        load_settings(TARGET, config_file=path, environ={})
+    assert problems(error) == [
+        f"--config: cannot read {str(path)!r}: "
+        + ("No such file or directory" if kind == "missing" else "Is a directory")
+    ]
+
+
+# ------------------------------------------------------------------------------------------
+# Credentials
+
+CREDENTIAL_TABLE = [
+    # (environ, secret files, expected)
+    (
+        {"OMS_CLEANUP_AK": "AK1", "OMS_CLEANUP_SK": SK},
+        {},
+        AkSk(access_key="AK1", secret_key=SecretStr(SK)),
+    ),
+    (
+        {"OMS_CLEANUP_AK": "AK1", "OMS_CLEANUP_SK": SK, "OMS_CLEANUP_SECURITY_TOKEN": TOKEN},
+        {},
+        AkSk(access_key="AK1", secret_key=SecretStr(SK), security_token=SecretStr(TOKEN)),
+    ),
+    ({"OMS_CLEANUP_AUTH_TOKEN": TOKEN}, {}, IamToken(token=SecretStr(TOKEN))),
+    (
+        {"HUAWEICLOUD_SDK_AK": "AK2", "HUAWEICLOUD_SDK_SK": SK},
+        {},
+        AkSk(access_key="AK2", secret_key=SecretStr(SK)),
+    ),
+    (
+        {
+            "HUAWEICLOUD_SDK_AK": "AK2",
+            "HUAWEICLOUD_SDK_SK": SK,
+            "HUAWEICLOUD_SDK_SECURITY_TOKEN": TOKEN,
+        },
+        {},
+        AkSk(access_key="AK2", secret_key=SecretStr(SK), security_token=SecretStr(TOKEN)),
+    ),
+    (
+        {
+            "OMS_CLEANUP_AK": "AK1",
+            "OMS_CLEANUP_SK": SK,
+            "HUAWEICLOUD_SDK_AK": "AK2",
+            "HUAWEICLOUD_SDK_SK": "x",
+        },
+        {},
+        AkSk(access_key="AK1", secret_key=SecretStr(SK)),
+    ),
+    (
+        {"OMS_CLEANUP_AUTH_TOKEN": TOKEN, "HUAWEICLOUD_SDK_AK": "AK2", "HUAWEICLOUD_SDK_SK": SK},
+        {},
+        IamToken(token=SecretStr(TOKEN)),
+    ),
+    ({}, {"ak": "AK3\n", "sk": SK + "\n"}, AkSk(access_key="AK3", secret_key=SecretStr(SK))),
+    (
+        {},
+        {"ak": "AK3", "sk": SK, "security_token": TOKEN},
+        AkSk(access_key="AK3", secret_key=SecretStr(SK), security_token=SecretStr(TOKEN)),
+    ),
+    ({}, {"auth_token": TOKEN + "\n"}, IamToken(token=SecretStr(TOKEN))),
+    (
+        {"OMS_CLEANUP_AUTH_TOKEN": TOKEN},
+        {"ak": "AK3", "sk": SK},
+        IamToken(token=SecretStr(TOKEN)),
+    ),
+    (
+        {"OMS_CLEANUP_AK": "  ", "OMS_CLEANUP_SK": ""},
+        {"ak": "AK3", "sk": SK},
+        AkSk(access_key="AK3", secret_key=SecretStr(SK)),
+    ),
+]
+
+
+@pytest.mark.parametrize(("environ", "files", "expected"), CREDENTIAL_TABLE)
+def test_credentials(
+    tmp_path: Path, environ: dict[str, str], files: dict[str, str], expected: AkSk | IamToken
+) -> None:
+    """Credentials come whole from the first source that holds any."""
+    for name, text in files.items():
+        write(tmp_path / name, text)
+    assert load_credentials(environ=environ, secrets_dir=tmp_path) == expected
+
+
+BAD_CREDENTIAL_TABLE = [
+    ({}, {}, "credentials: none found"),
+    ({"OMS_CLEANUP_AK": "AK1"}, {}, "OMS_CLEANUP_SK: missing: OMS_CLEANUP_AK is set"),
+    ({"OMS_CLEANUP_SK": SK}, {}, "OMS_CLEANUP_AK: missing"),
+    ({"OMS_CLEANUP_SECURITY_TOKEN": TOKEN}, {}, "OMS_CLEANUP_AK: missing"),
+    ({"OMS_CLEANUP_AK": "AK1", "HUAWEICLOUD_SDK_SK": SK}, {}, "OMS_CLEANUP_SK: missing"),
+    (
+        {"OMS_CLEANUP_AK": "AK1", "OMS_CLEANUP_SK": SK, "OMS_CLEANUP_AUTH_TOKEN": TOKEN},
+        {},
+        "OMS_CLEANUP_AUTH_TOKEN: give either an AK/SK pair or an auth token, not both",
+    ),
+    ({"HUAWEICLOUD_SDK_AK": "AK2"}, {}, "HUAWEICLOUD_SDK_SK: missing"),
+    ({}, {"ak": "AK3"}, "/sk': missing"),
+    ({}, {"ak": "AK3", "sk": SK, "auth_token": TOKEN}, "/auth_token': give either"),
+    ({"OMS_CLEANUP_AK": "AK 1", "OMS_CLEANUP_SK": SK}, {}, "OMS_CLEANUP_AK: must be letters"),
+    ({}, {"ak": "AK3", "sk": "a\nb"}, "/sk': contains control characters"),
+]
+
+
+@pytest.mark.parametrize(("environ", "files", "expected"), BAD_CREDENTIAL_TABLE)
+def test_bad_credentials(
+    tmp_path: Path, environ: dict[str, str], files: dict[str, str], expected: str
+) -> None:
+    """Missing, partial, mixed or malformed credentials give one problem naming the source."""
+    for name, text in files.items():
+        write(tmp_path / name, text)
+    with pytest.raises(ConfigError) as error:
+        load_credentials(environ=environ, secrets_dir=tmp_path)
+    lines = problems(error)
+    assert len(lines) >= 1
+    assert expected in lines[0]
+    for secret in (SK, TOKEN):
+        assert secret not in str(error.value)
+
+
+def test_unreadable_secret_file(tmp_path: Path) -> None:
+    """A secret file that cannot be read is reported, naming the file."""
+    (tmp_path / "sk").mkdir()
+    write(tmp_path / "ak", "AK3")
+    with pytest.raises(ConfigError) as error:
+        load_credentials(environ={}, secrets_dir=tmp_path)
+    assert problems(error) == [
+        f"--secrets-dir: cannot read {str(tmp_path / 'sk')!r}: Is a directory"
+    ]
+
+
+# ------------------------------------------------------------------------------------------
+# Masking
+
+
+@pytest.mark.parametrize(
+    ("credentials", "mode"),
+    [
+        (AkSk(access_key="AKTESTAKTEST0042", secret_key=SecretStr(SK)), "ak_sk"),
+        (
+            AkSk(
+                access_key="AKTESTAKTEST0042",
+                secret_key=SecretStr(SK),
+                security_token=SecretStr(TOKEN),
+            ),
+            "ak_sk_temporary",
+        ),
+        (IamToken(token=SecretStr(TOKEN)), "iam_token"),
+    ],
+)
+def test_masked_settings(credentials: AkSk | IamToken, mode: str) -> None:
+    """The shown settings are JSON, name the credential mode, and hold no secret."""
+    settings = load_settings({**TARGET, "protect_ids": ["3", "1"]}, environ={})
+    shown = masked_settings(settings, credentials=credentials)
+    text = json.dumps(shown)
+    assert shown["auth_mode"] == mode
+    assert shown["protect_ids"] == [1, 3]
+    assert shown["older_than"] == "30d"
+    assert SK not in text
+    assert TOKEN not in text
+    assert "AKTESTAKTEST0042" not in text
+    if isinstance(credentials, AkSk):
+        assert shown["access_key"] == "****0042"
+
+
+def test_masked_settings_durations_read_back() -> None:
+    """Durations shown by masked_settings load back to the same settings."""
+    settings = load_settings(
+        {**TARGET, "older_than": "36h", "deadline": "90m", "requeue_delay": "1500ms"}, environ={}
+    )
+    shown = masked_settings(settings)
+    again = load_settings(
+        {
+            **TARGET,
+            "older_than": shown["older_than"],
+            "deadline": shown["deadline"],
+            "requeue_delay": shown["requeue_delay"],
+        },
+        environ={},
+    )
+    assert again == settings
