@@ -241,8 +241,9 @@ class OmsClient:
             query.append(("group_id", group_id))
         if task_name is not None:
             query.append(("task_name", task_name))
-        answer = await self._call(RequestKind.LIST, "GET", "/tasks", query)
-        return self._parse(TaskPage, answer, method="GET", path=self._path("/tasks"))
+        path = self._path("/tasks")
+        answer = await self._call(RequestKind.LIST, "GET", path, query)
+        return self._parse(TaskPage, answer, method="GET", path=path)
 
     async def iter_tasks(
         self,
@@ -277,9 +278,9 @@ class OmsClient:
 
     async def show_task(self, task_id: int) -> Task:
         """`GET /v2/{project_id}/tasks/{task_id}`."""
-        suffix = f"/tasks/{_checked_id(task_id)}"
-        answer = await self._call(RequestKind.SHOW, "GET", suffix, [])
-        return self._parse(Task, answer, method="GET", path=self._path(suffix))
+        path = self._path(f"/tasks/{_checked_id(task_id)}")
+        answer = await self._call(RequestKind.SHOW, "GET", path, [])
+        return self._parse(Task, answer, method="GET", path=path)
 
     async def delete_task(self, task_id: int) -> None:
         """`DELETE /v2/{project_id}/tasks/{task_id}`.
@@ -290,9 +291,9 @@ class OmsClient:
         to the second can be TaskNotFound (OMS.1009) for a task this run did delete; callers
         count that as done, not as a failure.
         """
-        suffix = f"/tasks/{_checked_id(task_id)}"
-        answer = await self._call(RequestKind.DELETE, "DELETE", suffix, [])
-        self._check_empty(answer, method="DELETE", path=self._path(suffix))
+        path = self._path(f"/tasks/{_checked_id(task_id)}")
+        answer = await self._call(RequestKind.DELETE, "DELETE", path, [])
+        self._check_empty(answer, method="DELETE", path=path)
 
     async def stop_task(self, task_id: int) -> None:
         """`POST /v2/{project_id}/tasks/{task_id}/stop`.
@@ -300,17 +301,18 @@ class OmsClient:
         Unlike the SDK this client retries the POST on transient errors: stopping twice is
         harmless, the second answer is at worst TaskNotMigrating (OMS.0066).
         """
-        suffix = f"/tasks/{_checked_id(task_id)}/stop"
-        answer = await self._call(RequestKind.STOP, "POST", suffix, [])
-        self._check_empty(answer, method="POST", path=self._path(suffix))
+        path = self._path(f"/tasks/{_checked_id(task_id)}/stop")
+        answer = await self._call(RequestKind.STOP, "POST", path, [])
+        self._check_empty(answer, method="POST", path=path)
 
     # -- sending ------------------------------------------------------------------------
 
     def _path(self, suffix: str) -> str:
+        """The request path: endpoint prefix, then `/v2/{project_id}` and the call's own part."""
         return f"{self._base_path}/v2/{self._config.project_id}{suffix}"
 
-    def _url(self, suffix: str, query: list[tuple[str, str]]) -> yarl.URL:
-        url = self._config.endpoint.with_path(self._path(suffix))
+    def _url(self, path: str, query: list[tuple[str, str]]) -> yarl.URL:
+        url = self._config.endpoint.with_path(path)
         if not query:
             return url
         # Sent exactly as signed (sorted, RFC 3986 encoding, space as %20) like the SDK,
@@ -318,9 +320,16 @@ class OmsClient:
         return yarl.URL(f"{url}?{signing.canonical_query(query)}", encoded=True)
 
     async def _call(
-        self, kind: RequestKind, method: str, suffix: str, query: list[tuple[str, str]]
+        self, kind: RequestKind, method: str, path: str, query: list[tuple[str, str]]
     ) -> _Answer:
-        """Send until a 2xx, a permanent error, or the retry budget is spent."""
+        """Send until a 2xx, a permanent error, or the retry budget is spent.
+
+        The gate is passed once per send of ours; aiohttp's own re-send on a stale pooled
+        connection (see delete_task) happens below it and is neither gated nor counted.
+        """
+        session = self._session
+        if session is None:
+            raise RuntimeError("OmsClient is not open; use 'async with OmsClient(...)'")
         policy = self._config.retry
         attempt = 0
         while True:
@@ -331,7 +340,7 @@ class OmsClient:
             if attempt > 1:
                 self._counts["retries"] += 1
             try:
-                return await self._send(method, suffix, query)
+                return await self._send(session, method, path, query)
             except OmsError as error:
                 if not error.retryable or not policy.should_retry(attempt):
                     raise
@@ -349,15 +358,18 @@ class OmsClient:
                 )
                 await self._sleep(delay)
 
-    async def _send(self, method: str, suffix: str, query: list[tuple[str, str]]) -> _Answer:
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]],
+    ) -> _Answer:
         """One send: the answer when 2xx, else the typed error for it."""
-        if self._session is None:
-            raise RuntimeError("OmsClient is not open; use 'async with OmsClient(...)'")
-        path = self._path(suffix)
         try:
             # Redirects are not followed: aiohttp would carry X-Auth-Token to the new host.
-            async with self._session.request(
-                method, self._url(suffix, query), allow_redirects=False
+            async with session.request(
+                method, self._url(path, query), allow_redirects=False
             ) as response:
                 body = await response.read()
                 answer = _Answer(
