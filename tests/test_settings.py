@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -286,6 +287,9 @@ def test_settings_are_frozen() -> None:
 
 def test_environment_is_not_read_implicitly(monkeypatch: pytest.MonkeyPatch) -> None:
     """An explicit environ mapping replaces the process environment entirely."""
+    for name in list(os.environ):
+        if name.startswith(("OMS_CLEANUP_", "HUAWEICLOUD_SDK_")):
+            monkeypatch.delenv(name)
     monkeypatch.setenv("OMS_CLEANUP_RATE", "1")
     assert load_settings(TARGET, environ={}).rate == 20.0
     assert load_settings(TARGET).rate == 1.0
