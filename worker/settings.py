@@ -6,7 +6,11 @@ the environment or a secrets directory, never from the command line: flags end u
 history and in `ps`. This is the only module that reads the process environment.
 
 Environment values for list options are comma-separated (`OMS_CLEANUP_STATES=succeeded,failed`).
-An environment variable that is set but blank counts as not set.
+An environment variable that is set but blank counts as not set; an unknown OMS_CLEANUP_*
+variable is an error (a misspelt protection must not pass silently). Several targets come only
+from `[[targets]]` tables in the file; --region/--endpoint/--project-id (flag or environment)
+build one target that replaces them. HUAWEICLOUD_SDK_PROJECT_ID is a fallback project id that
+ranks below the file.
 """
 
 from __future__ import annotations
@@ -516,7 +520,7 @@ class _Layer:
     values: dict[str, Any]
 
 
-def environment(environ: Mapping[str, str] | None = None) -> Mapping[str, str]:
+def _environment(environ: Mapping[str, str] | None = None) -> Mapping[str, str]:
     """The environment to read: the given mapping, or this process's."""
     return os.environ if environ is None else environ
 
@@ -533,7 +537,7 @@ def load_settings(
     `endpoint`, `project_id`), as strings, lists of strings or booleans. `config_file` falls back
     to $OMS_CLEANUP_CONFIG. `environ` defaults to the process environment. Raises ConfigError.
     """
-    env = environment(environ)
+    env = _environment(environ)
     if config_file is None and env.get(CONFIG_ENV, "").strip():
         config_file = Path(env[CONFIG_ENV].strip())
     layers = [
@@ -757,7 +761,7 @@ def load_credentials(
     another are a mismatched pair). Raises ConfigError when none, a partial set, or both modes
     are found.
     """
-    env = environment(environ)
+    env = _environment(environ)
     sources = [
         _env_credentials(env, ENV_PREFIX, SECRET_FILE_NAMES, "environment (OMS_CLEANUP_*)"),
         _env_credentials(
