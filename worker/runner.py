@@ -1,0 +1,366 @@
+"""One cleanup run end to end: list every target, select, guard, delete, report, exit code.
+
+The order is the safety argument: every target is listed completely before anything is
+deleted (a listing that cannot complete aborts the run), the selection is checked against
+`--max-deletions` before the first delete, and nothing is deleted without `--execute`.
+The report is written on every path out of here, interruptions included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+import structlog
+
+from worker import logs
+from worker.listing import IncompleteListing, list_all
+from worker.oms.auth import Credentials
+from worker.oms.client import ClientConfig, OmsClient
+from worker.oms.endpoint import resolve_endpoint
+from worker.oms.errors import ErrorInfo, OmsError
+from worker.oms.retry import RetryPolicy
+from worker.outcomes import Outcome
+from worker.policy import Policy, select
+from worker.progress import Progress, ProgressLine
+from worker.ratelimit import AdaptiveRateLimiter
+from worker.report import TargetSummary, TaskRecord, build_report, write_report
+from worker.scheduler import Hooks, Job, Scheduler, SchedulerConfig
+from worker.settings import RunSettings, Target, masked_settings
+from worker.shutdown import DEADLINE, Shutdown, signals_handled
+
+log = structlog.get_logger("oms_cleanup.run")
+
+EXIT_OK = 0
+EXIT_TASKS_LEFT = 1
+EXIT_USAGE = 2
+EXIT_SAFETY_ABORT = 3
+EXIT_FATAL = 4
+
+Confirm = Callable[[int, Sequence[str]], bool]
+
+
+class _Abort(Exception):
+    """Ends the run before any delete, with an exit code and a one-line reason."""
+
+    def __init__(self, exit_code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.exit_code = exit_code
+
+
+@dataclass(slots=True)
+class _TargetRun:
+    """One target's client, limiter and what its listing yielded."""
+
+    target: Target
+    label: str
+    client: OmsClient
+    limiter: AdaptiveRateLimiter
+    listed: int = 0
+    not_selected: Counter[str] = field(default_factory=Counter)
+    jobs: list[Job] = field(default_factory=list)
+    error: ErrorInfo | None = None
+
+    def summary(self) -> TargetSummary:
+        stats = self.client.stats
+        return TargetSummary(
+            label=self.label,
+            project_id=self.target.project_id,
+            region=self.target.region,
+            endpoint=str(self.client.config.endpoint),
+            listed=self.listed,
+            not_selected=dict(self.not_selected),
+            requests={
+                "list": stats.list,
+                "show": stats.show,
+                "delete": stats.delete,
+                "stop": stats.stop,
+            },
+            error=self.error,
+        )
+
+
+def run(*, settings: RunSettings, credentials: Credentials, confirm: Confirm | None) -> int:
+    """Run one cleanup in a fresh event loop; returns the process exit code."""
+    return asyncio.run(run_async(settings=settings, credentials=credentials, confirm=confirm))
+
+
+async def run_async(
+    *,
+    settings: RunSettings,
+    credentials: Credentials,
+    confirm: Confirm | None = None,
+    shutdown: Shutdown | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    handle_signals: bool = True,
+    rng: random.Random | None = None,
+) -> int:
+    """The run itself, for callers that already have a loop (the demo, tests)."""
+    shutdown = shutdown or Shutdown()
+    run_id = uuid.uuid4().hex
+    started_at = now()
+    logs.bind_run(run_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.deadline.total_seconds()
+    dry_run = not settings.execute
+    progress = Progress()
+    line = ProgressLine(progress)
+    runs: list[_TargetRun] = []
+    deadline_reached = False
+    exit_code = EXIT_FATAL
+    log.info(
+        "run_started",
+        dry_run=dry_run,
+        targets=[t.project_id for t in settings.targets],
+    )
+    try:
+        async with AsyncExitStack() as stack:
+            if handle_signals:
+                stack.enter_context(signals_handled(shutdown))
+            runs = [
+                await _open_target(stack, target, settings=settings, credentials=credentials)
+                for target in settings.targets
+            ]
+            timer = loop.call_at(deadline, shutdown.request, DEADLINE)
+            stack.callback(timer.cancel)
+            stack.callback(line.close)
+            try:
+                await _list_and_select(runs, settings=settings, now=now(), shutdown=shutdown)
+                progress.listed = sum(r.listed for r in runs)
+                progress.selected = sum(len(r.jobs) for r in runs)
+                _guard(runs, settings=settings)
+            except _Abort as abort:
+                log.error("run_aborted", reason=str(abort), exit_code=abort.exit_code)
+                exit_code = shutdown.signal_exit_code or abort.exit_code
+                return exit_code
+            jobs = [job for r in runs for job in r.jobs]
+            if dry_run:
+                for job in jobs:
+                    job.outcome = Outcome.WOULD_DELETE
+                    _log_would_delete(job)
+                exit_code = EXIT_OK
+                return exit_code
+            if jobs and confirm is not None:
+                projects = sorted({r.target.project_id for r in runs if r.jobs})
+                if not confirm(len(jobs), projects):
+                    log.warning("run_declined", selected=len(jobs))
+                    exit_code = EXIT_SAFETY_ABORT
+                    return exit_code
+            fatal = await _delete(
+                runs,
+                settings=settings,
+                shutdown=shutdown,
+                deadline=deadline,
+                rng=rng,
+                progress=progress,
+                line=line,
+            )
+            deadline_reached = shutdown.reason == DEADLINE
+            exit_code = _exit_code(jobs, shutdown=shutdown, fatal=fatal)
+            return exit_code
+    finally:
+        finished_at = now()
+        report = build_report(
+            run_id=run_id,
+            started_at=started_at,
+            finished_at=finished_at,
+            dry_run=dry_run,
+            exit_code=exit_code,
+            interrupted=shutdown.signal,
+            settings=masked_settings(settings, credentials=credentials),
+            targets=[r.summary() for r in runs],
+            records=[_record(job) for r in runs for job in r.jobs],
+            deadline_reached=deadline_reached,
+        )
+        write_report(settings.report, report)
+        log.info(
+            "run_finished",
+            exit_code=exit_code,
+            report=str(settings.report),
+            **{k: v for k, v in report["summary"].items() if isinstance(v, int)},
+        )
+
+
+async def _open_target(
+    stack: AsyncExitStack, target: Target, *, settings: RunSettings, credentials: Credentials
+) -> _TargetRun:
+    endpoint = resolve_endpoint(
+        region=target.region,
+        endpoint=target.endpoint,
+        allow_insecure_http=settings.allow_insecure_http,
+    )
+    limiter = AdaptiveRateLimiter(settings.rate)
+    config = ClientConfig(
+        endpoint=endpoint,
+        project_id=target.project_id,
+        connect_timeout=settings.connect_timeout.total_seconds(),
+        total_timeout=settings.request_timeout.total_seconds(),
+        max_connections=settings.concurrency,
+        ca_bundle=settings.ca_bundle,
+        retry=RetryPolicy(),
+    )
+    client = await stack.enter_async_context(
+        OmsClient(config, credentials=credentials, gate=limiter)
+    )
+    label = f"{target.region or endpoint.host}/{target.project_id}"
+    return _TargetRun(target=target, label=label, client=client, limiter=limiter)
+
+
+async def _list_and_select(
+    runs: list[_TargetRun], *, settings: RunSettings, now: datetime, shutdown: Shutdown
+) -> None:
+    """List every target (concurrently) and select; any failure aborts before deleting."""
+    policy = Policy.from_settings(settings)
+
+    async def one(run: _TargetRun) -> None:
+        logs.bind_target(run.label)
+        try:
+            listing = await list_all(run.client, group_id=settings.group_id)
+        except OmsError as error:
+            run.error = error.info
+            raise _Abort(EXIT_FATAL, f"listing {run.label} failed: {error}") from error
+        except IncompleteListing as error:
+            raise _Abort(EXIT_FATAL, f"listing {run.label} is incomplete: {error}") from error
+        run.listed = len(listing.tasks)
+        for task in listing.tasks:
+            reason = select(task, policy=policy, now=now)
+            if reason is None:
+                run.jobs.append(Job(task=task, project_id=run.target.project_id))
+            else:
+                run.not_selected[str(reason)] += 1
+        log.info(
+            "target_listed",
+            listed=run.listed,
+            pages=listing.pages,
+            selected=len(run.jobs),
+            not_selected=dict(run.not_selected),
+        )
+
+    async def every_target() -> None:
+        await asyncio.gather(*(one(run) for run in runs))
+
+    async def stop_requested() -> None:
+        await shutdown.requested.wait()
+
+    listing = asyncio.create_task(every_target())
+    stop = asyncio.create_task(stop_requested())
+    try:
+        done, _ = await asyncio.wait([listing, stop], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if listing not in done:
+        listing.cancel()
+        await asyncio.gather(listing, return_exceptions=True)
+        for run in runs:
+            run.jobs.clear()
+        raise _Abort(EXIT_FATAL, f"stopped ({shutdown.reason}) before every target was listed")
+    listing.result()
+
+
+def _guard(runs: list[_TargetRun], *, settings: RunSettings) -> None:
+    """`--max-deletions`: refuse the whole run when more are selected than allowed."""
+    if settings.max_deletions is None:
+        return
+    listed = sum(r.listed for r in runs)
+    selected = sum(len(r.jobs) for r in runs)
+    limit = settings.max_deletions.limit(listed)
+    if selected > limit:
+        for run in runs:
+            for job in run.jobs:
+                job.outcome = Outcome.NOT_ATTEMPTED
+        raise _Abort(
+            EXIT_SAFETY_ABORT,
+            f"{selected} tasks selected, more than --max-deletions allows ({limit} of {listed} "
+            "listed); nothing was deleted",
+        )
+
+
+async def _delete(
+    runs: list[_TargetRun],
+    *,
+    settings: RunSettings,
+    shutdown: Shutdown,
+    deadline: float,
+    rng: random.Random | None,
+    progress: Progress,
+    line: ProgressLine,
+) -> OmsError | None:
+    """One scheduler per target, all at once; returns the fatal error that stopped them."""
+    config = SchedulerConfig(
+        concurrency=settings.concurrency,
+        max_attempts=settings.max_attempts,
+        requeue_delay=settings.requeue_delay.total_seconds(),
+        stop_running=settings.stop_running,
+        grace=settings.shutdown_grace.total_seconds(),
+    )
+
+    def finished(job: Job) -> None:
+        if job.outcome in (Outcome.DELETED, Outcome.ALREADY_GONE):
+            progress.deleted += 1
+        elif job.outcome is Outcome.FAILED:
+            progress.failed += 1
+        line.refresh()
+
+    def requeued(job: Job, delay: float) -> None:
+        progress.requeued += 1
+        line.refresh()
+
+    schedulers = [
+        Scheduler(
+            api=run.client,
+            jobs=run.jobs,
+            config=config,
+            shutdown=shutdown,
+            deadline=deadline,
+            rng=rng,
+            hooks=Hooks(on_finish=finished, on_requeue=requeued),
+        )
+        for run in runs
+    ]
+
+    async def one(run: _TargetRun, scheduler: Scheduler) -> None:
+        logs.bind_target(run.label)
+        await scheduler.run()
+
+    await asyncio.gather(*(one(r, s) for r, s in zip(runs, schedulers, strict=True)))
+    return next((s.fatal for s in schedulers if s.fatal is not None), None)
+
+
+def _exit_code(jobs: list[Job], *, shutdown: Shutdown, fatal: OmsError | None) -> int:
+    if shutdown.signal_exit_code is not None:
+        return shutdown.signal_exit_code
+    if fatal is not None:
+        return EXIT_FATAL
+    done = {Outcome.DELETED, Outcome.ALREADY_GONE}
+    return EXIT_OK if all(job.outcome in done for job in jobs) else EXIT_TASKS_LEFT
+
+
+def _record(job: Job) -> TaskRecord:
+    task = job.task
+    return TaskRecord(
+        id=task.id,
+        name=task.name,
+        project_id=job.project_id,
+        status=task.status.label,
+        start_time=task.start_time,
+        outcome=job.outcome or Outcome.NOT_ATTEMPTED,
+        attempts=job.attempts,
+        last_error=job.last_error,
+    )
+
+
+def _log_would_delete(job: Job) -> None:
+    log.info(
+        "task_outcome",
+        task_id=job.task.id,
+        task_name=job.task.name,
+        project_id=job.project_id,
+        outcome=Outcome.WOULD_DELETE.value,
+        attempt=0,
+        dry_run=True,
+    )
