@@ -14,6 +14,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -88,6 +89,15 @@ async def _request_id_middleware(request: web.Request, handler: Handler) -> web.
     return response
 
 
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """A list call's result before encoding (a malformation fault needs the objects)."""
+
+    project_id: str
+    tasks: list[dict[str, Any]]
+    count: int
+
+
 class _Api:
     """Route handlers bound to one simulator's state, fault injector and clocks."""
 
@@ -120,7 +130,7 @@ class _Api:
     async def stop_task(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "stop", self._stop)
 
-    def _list(self, request: web.Request, project_id: str, by: str) -> dict[str, Any]:
+    def _list(self, request: web.Request, project_id: str, by: str) -> _Page:
         query = request.query
         limit = _int_param(query.get("limit"), "limit", default=10, low=1, high=_MAX_LIMIT)
         offset = _int_param(
@@ -140,10 +150,11 @@ class _Api:
             group_id=query.get("group_id") or None,
             task_name=query.get("task_name") or None,
         )
-        return {"tasks": tasks, "count": count}
+        return _Page(project_id, tasks, count)
 
-    def _show(self, request: web.Request, project_id: str, by: str) -> dict[str, Any]:
-        return self.state.show_task(project_id, _task_id(request))
+    def _show(self, request: web.Request, project_id: str, by: str) -> bytes:
+        task = self.state.show_task(project_id, _task_id(request))
+        return self.state.projects[project_id].encoded(task)
 
     def _delete(self, request: web.Request, project_id: str, by: str) -> None:
         self.state.delete_task(project_id, _task_id(request), by=by)
@@ -151,13 +162,18 @@ class _Api:
     def _stop(self, request: web.Request, project_id: str, by: str) -> None:
         self.state.stop_task(project_id, _task_id(request), by=by)
 
+    def _page_body(self, page: _Page) -> bytes:
+        project = self.state.projects[page.project_id]
+        tasks = b",".join(project.encoded(task) for task in page.tasks)
+        return b'{"tasks":[' + tasks + b'],"count":' + str(page.count).encode() + b"}"
+
     # --- the gateway around them -------------------------------------------------------
 
     async def _serve(
         self,
         request: web.Request,
         kind: str,
-        call: Callable[[web.Request, str, str], dict[str, Any] | None],
+        call: Callable[[web.Request, str, str], _Page | bytes | None],
     ) -> web.StreamResponse:
         request_id = request[_REQUEST_ID_KEY]
         state = self.state
@@ -189,7 +205,7 @@ class _Api:
             return _error(403, NO_PERMISSION, message, request_id)
 
         state.requests[kind] += 1
-        payload: dict[str, Any] | ApiRefusal | None
+        payload: _Page | bytes | ApiRefusal | None
         try:
             payload = call(request, project_id, by)
         except ApiRefusal as refusal:
@@ -199,14 +215,19 @@ class _Api:
             return _drop(request)
         if isinstance(payload, ApiRefusal):
             return _error(payload.status, payload.code, payload.message, request_id)
-        if plan.malformation is not None and payload is not None:
-            state.rejected["malformed"] += 1
-            status, content_type, body = malformed_list_answer(
-                plan.malformation, payload, self.faults.rng
-            )
-            return web.Response(status=status, body=body, content_type=content_type)
-        # Delete and stop answer 200 with an empty body, as the reference says.
-        return web.Response(status=200) if payload is None else _json_response(200, payload)
+        if isinstance(payload, _Page):
+            if plan.malformation is not None:
+                state.rejected["malformed"] += 1
+                page = {"tasks": payload.tasks, "count": payload.count}
+                status, content_type, body = malformed_list_answer(
+                    plan.malformation, page, self.faults.rng
+                )
+                return web.Response(status=status, body=body, content_type=content_type)
+            payload = self._page_body(payload)
+        if payload is None:
+            # Delete and stop answer 200 with an empty body, as the reference says.
+            return web.Response(status=200)
+        return web.Response(status=200, body=payload, content_type="application/json")
 
     async def _early_faults(
         self, request: web.Request, plan: FaultPlan, request_id: str

@@ -8,11 +8,16 @@ to exercise clients that must tolerate missing keys.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # Weights per status code. Long-lived accounts hold mostly finished tasks and only a handful
 # of active ones (at most 5 run at once per region); 9 stands for a code the reference
@@ -61,6 +66,8 @@ _OVERWRITE_MODES = (
 _STORAGE_POLICIES = ("STANDARD", "IA", "ARCHIVE", "DEEP_ARCHIVE", "SRC_STORAGE_MAPPING")
 _CONSISTENCY = ("size_last_modified", "crc64", "no_check")
 _PRIORITIES = ("HIGH", "MEDIUM", "LOW")
+_TASK_TYPES = ("object", "prefix", "list", "url_list")
+_TASK_TYPE_CUMULATIVE = (6, 9, 11, 12)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +94,7 @@ def generate_tasks(
     # String seeds hash with SHA-512 inside `random`, independent of PYTHONHASHSEED.
     rng = random.Random(f"oms-population:{seed}:{project_id}")
     codes = [code for code, _ in config.status_weights]
-    weights = [weight for _, weight in config.status_weights]
+    cumulative = list(itertools.accumulate(weight for _, weight in config.status_weights))
     groups = [
         str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(config.group_count)
     ]
@@ -100,7 +107,7 @@ def generate_tasks(
         while task_id in seen:
             task_id = rng.randrange(10**14, 10**15)
         seen.add(task_id)
-        status = rng.choices(codes, weights)[0]
+        status = _weighted(rng, codes, cumulative)
         tasks.append(_task(rng, task_id, status, now_ms, config, groups, sync_groups))
     return tasks
 
@@ -115,47 +122,48 @@ def _task(
     sync_groups: list[str],
 ) -> dict[str, Any]:
     low, high = config.active_age_range if status in ACTIVE_CODES else config.age_range
-    age_ms = rng.randint(int(low.total_seconds() * 1000), int(high.total_seconds() * 1000))
+    age_ms = _between(rng, int(low.total_seconds() * 1000), int(high.total_seconds() * 1000))
     start_ms = now_ms - age_ms
     started = datetime.fromtimestamp(start_ms / 1000, tz=UTC)
-    name = _name(rng, started, config)
+    month = f"{started.year:04d}-{started.month:02d}"
+    name = _name(rng, month, config)
 
     draw = rng.random()
     if draw < config.sync_share and sync_groups:
-        group_type, group_id = "SYNC_TASK", rng.choice(sync_groups)
+        group_type, group_id = "SYNC_TASK", _pick(rng, sync_groups)
     elif draw < config.sync_share + config.grouped_share and groups:
-        group_type, group_id = "GROUP_TASK", rng.choice(groups)
+        group_type, group_id = "GROUP_TASK", _pick(rng, groups)
     else:
         group_type, group_id = "NORMAL_TASK", ""
-    task_type = rng.choices(["object", "prefix", "list", "url_list"], [6, 3, 2, 1])[0]
+    task_type = _weighted(rng, _TASK_TYPES, _TASK_TYPE_CUMULATIVE)
 
-    total_num = rng.randint(1, 2_000_000)
-    total_size = total_num * rng.randint(1_000, 5_000_000)
+    total_num = _between(rng, 1, 2_000_000)
+    total_size = total_num * _between(rng, 1_000, 5_000_000)
     progress = _progress(rng, status)
     successful = int(total_num * progress)
     failed = total_num - successful if status == 4 else 0
-    skipped = rng.randint(0, successful // 10) if successful else 0
+    skipped = _between(rng, 0, successful // 10) if successful else 0
     complete_size = int(total_size * progress)
-    total_time = 0 if status in (0, 1) else rng.randint(60_000, 36 * 3_600_000)
-    left_time = 0 if status in (3, 4, 5) else rng.randint(0, 12 * 3_600_000)
-    error_code, error_msg = rng.choice(_FAILURES) if status == 4 else ("", "")
-    src_bucket = f"{rng.choice(_SOURCES)}-{rng.choice(_SUBJECTS)}-{rng.randint(1, 99):02d}"
+    total_time = 0 if status in (0, 1) else _between(rng, 60_000, 36 * 3_600_000)
+    left_time = 0 if status in (3, 4, 5) else _between(rng, 0, 12 * 3_600_000)
+    error_code, error_msg = _pick(rng, _FAILURES) if status == 4 else ("", "")
+    src_bucket = f"{_pick(rng, _SOURCES)}-{_pick(rng, _SUBJECTS)}-{_between(rng, 1, 99):02d}"
     listed = task_type in ("list", "url_list")
 
     task: dict[str, Any] = {
         "bandwidth_policy": [
             {"start": "00:00", "end": "06:00", "max_bandwidth": 100 * 1024 * 1024}
-            for _ in range(rng.choice((0, 0, 0, 1)))
+            for _ in range(_pick(rng, (0, 0, 0, 1)))
         ],
         "complete_size": complete_size,
-        "consistency_check": rng.choice(_CONSISTENCY),
-        "description": rng.choice(("", "", "", f"migration of {src_bucket}")),
+        "consistency_check": _pick(rng, _CONSISTENCY),
+        "description": _pick(rng, ("", "", "", f"migration of {src_bucket}")),
         "dst_node": {
             "bucket": f"obs-{src_bucket}",
-            "region": rng.choice(_REGIONS),
-            "save_prefix": rng.choice(("", "", "migrated/", f"{started:%Y/%m}/")),
+            "region": _pick(rng, _REGIONS),
+            "save_prefix": _pick(rng, ("", "", "migrated/", f"{month.replace('-', '/')}/")),
         },
-        "dst_storage_policy": rng.choice(_STORAGE_POLICIES),
+        "dst_storage_policy": _pick(rng, _STORAGE_POLICIES),
         "enable_failed_object_recording": rng.random() < 0.8,
         "enable_metadata_migration": rng.random() < 0.3,
         "enable_requester_pays": rng.random() < 0.05,
@@ -172,11 +180,11 @@ def _task(
         "id": task_id,
         "is_query_over": status in (3, 4, 5),
         "left_time": left_time,
-        "migrate_since": 0 if rng.random() < 0.8 else now_ms - rng.randint(1, 400) * 86_400_000,
-        "migrate_speed": 0 if status != 2 else rng.randint(1_000_000, 500_000_000),
+        "migrate_since": 0 if rng.random() < 0.8 else now_ms - _between(rng, 1, 400) * 86_400_000,
+        "migrate_speed": 0 if status != 2 else _between(rng, 1_000_000, 500_000_000),
         "name": name,
-        "object_overwrite_mode": rng.choice(_OVERWRITE_MODES),
-        "obs_system": rng.choice(("BUCKET", "BUCKET", "PFS")),
+        "object_overwrite_mode": _pick(rng, _OVERWRITE_MODES),
+        "obs_system": _pick(rng, ("BUCKET", "BUCKET", "PFS")),
         "progress": progress,
         "real_size": complete_size,
         "skip_record_error_reason": "",
@@ -184,24 +192,24 @@ def _task(
         "smn_info": {"notify_result": False, "notify_error_message": "", "topic_name": ""},
         "source_cdn": {"domain": "", "protocol": "", "authentication_type": "NONE"},
         "src_node": {
-            "app_id": "" if rng.random() < 0.9 else f"{rng.randint(10**9, 10**10 - 1)}",
+            "app_id": "" if rng.random() < 0.9 else f"{_between(rng, 10**9, 10**10 - 1)}",
             "bucket": src_bucket,
-            "cloud_type": rng.choice(_CLOUD_TYPES),
+            "cloud_type": _pick(rng, _CLOUD_TYPES),
             "list_file": {
                 "list_file_key": f"lists/{task_id}.txt" if listed else "",
                 "obs_bucket": "obs-list-files" if listed else "",
-                "list_file_num": str(rng.randint(1, 20)) if listed else "",
+                "list_file_num": str(_between(rng, 1, 20)) if listed else "",
             },
-            "object_key": [f"{s}/" for s in rng.sample(_SUBJECTS, rng.randint(0, 2))]
+            "object_key": [f"{s}/" for s in rng.sample(_SUBJECTS, _between(rng, 0, 2))]
             if task_type == "prefix"
             else [],
-            "region": rng.choice(_REGIONS),
+            "region": _pick(rng, _REGIONS),
         },
         "start_time": start_ms,
         "status": status,
         "success_record_error_reason": "",
         "successful_num": successful,
-        "task_priority": rng.choice(_PRIORITIES),
+        "task_priority": _pick(rng, _PRIORITIES),
         "task_type": task_type,
         "total_num": total_num,
         "total_size": total_size,
@@ -215,11 +223,25 @@ def _task(
     return task
 
 
-def _name(rng: random.Random, started: datetime, config: PopulationConfig) -> str:
+def _pick(rng: random.Random, options: Sequence[T]) -> T:
+    # random.choice/randint cost several Python calls each; at 100,000 tasks x 40 draws
+    # the C-level random() keeps startup short.
+    return options[int(rng.random() * len(options))]
+
+
+def _weighted(rng: random.Random, options: Sequence[T], cumulative: Sequence[float]) -> T:
+    return options[bisect.bisect(cumulative, rng.random() * cumulative[-1])]
+
+
+def _between(rng: random.Random, low: int, high: int) -> int:
+    return low + int(rng.random() * (high - low + 1))
+
+
+def _name(rng: random.Random, month: str, config: PopulationConfig) -> str:
     if rng.random() < config.unicode_name_share:
-        return rng.choice(_UNICODE_NAMES).format(n=rng.randint(1, 999))
-    parts = (rng.choice(_CADENCES), rng.choice(_VERBS), rng.choice(_SOURCES), rng.choice(_SUBJECTS))
-    return f"{'-'.join(parts)}-{started:%Y-%m}"
+        return _pick(rng, _UNICODE_NAMES).format(n=_between(rng, 1, 999))
+    parts = (_pick(rng, _CADENCES), _pick(rng, _VERBS), _pick(rng, _SOURCES), _pick(rng, _SUBJECTS))
+    return f"{'-'.join(parts)}-{month}"
 
 
 def _progress(rng: random.Random, status: int) -> float:

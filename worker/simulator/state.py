@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import json
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -107,6 +108,8 @@ class ProjectTasks:
 
     def __init__(self, tasks: list[dict[str, Any]]) -> None:
         self.tasks: dict[int, dict[str, Any]] = {task["id"]: task for task in tasks}
+        # Encoded task JSON, so a 100-task page is a join rather than 100 json.dumps calls.
+        self._encoded: dict[int, bytes] = {}
         self.order: list[SortKey] = sorted(sort_key(task) for task in tasks)
         self.by_status: dict[int, list[SortKey]] = {}
         for key in self.order:
@@ -141,13 +144,26 @@ class ProjectTasks:
         _discard(self.order, key)
         _discard(self.by_status[task["status"]], key)
         del self.tasks[task["id"]]
+        self._encoded.pop(task["id"], None)
 
     def set_status(self, task: dict[str, Any], status: int) -> None:
-        """Change a task's status and move it between the status indexes."""
+        """Change a task's status, move it between the status indexes, forget its encoding.
+
+        Callers change the task's other fields first, then call this last.
+        """
         key = sort_key(task)
         _discard(self.by_status[task["status"]], key)
         bisect.insort(self.by_status.setdefault(status, []), key)
         task["status"] = status
+        self._encoded.pop(task["id"], None)
+
+    def encoded(self, task: dict[str, Any]) -> bytes:
+        """The task as compact UTF-8 JSON, cached until its next change."""
+        body = self._encoded.get(task["id"])
+        if body is None:
+            body = json.dumps(task, ensure_ascii=False, separators=(",", ":")).encode()
+            self._encoded[task["id"]] = body
+        return body
 
     def counts_by_status(self) -> dict[int, int]:
         """Remaining tasks per status code."""
@@ -234,8 +250,8 @@ class SimulatorState:
             if kind == _FINISH and task["status"] == RUNNING:
                 self._finish(project_id, task, when)
             elif kind == _PAUSED and task["status"] == PAUSING:
-                project.set_status(task, PAUSED)
                 task["left_time"] = 0
+                project.set_status(task, PAUSED)
         return now
 
     def _finish(self, project_id: str, task: dict[str, Any], when: datetime) -> None:
@@ -318,8 +334,8 @@ class SimulatorState:
         runtime.generation += 1
         if self._rng.random() < timing.sticky_pause_share:
             runtime.sticky_refusals = timing.sticky_pause_attempts
-        project.set_status(task, PAUSING)
         task["migrate_speed"] = 0
+        project.set_status(task, PAUSING)
         self._schedule(now + timing.pausing_delay, project_id, task_id, _PAUSED)
         self.stops.append(ActionRecord(task_id, project_id, by, now))
 
