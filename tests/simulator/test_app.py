@@ -439,3 +439,31 @@ async def test_the_official_sdk_can_list_show_and_delete(
     assert count == simulator.state.remaining()[DEFAULT_PROJECT_ID]["by_status"]["5"] + 1
     assert [d.task_id for d in simulator.state.deletions] == [shown]
     assert second_delete == "OMS.1009"
+
+
+async def test_answers_follow_the_clock_not_a_stale_encoding(
+    make_simulator: SimulatorFactory, fake_clock: FakeClock
+) -> None:
+    """A task read before and after it finishes is answered with its new status both ways."""
+    from worker.simulator.config import TimingConfig
+
+    handle = await make_simulator(
+        now=fake_clock.now,
+        tasks_per_project=5,
+        population=PopulationConfig(status_weights=((2, 1.0),)),
+        timing=TimingConfig(
+            finish_after=(timedelta(seconds=10), timedelta(seconds=10)), failed_share=0.0
+        ),
+    )
+    async with sim_client(handle, now=fake_clock.now) as client:
+        before = (await client.list()).json()["tasks"]
+        task_id = before[0]["id"]
+        shown_before = (await client.show(task_id)).json()
+        fake_clock.advance(timedelta(seconds=10))
+        after = (await client.list()).json()["tasks"]
+        shown_after = (await client.show(task_id)).json()
+    assert {t["status"] for t in before} == {2}
+    assert shown_before["status"] == 2
+    assert {t["status"] for t in after} == {5}
+    assert {t["progress"] for t in after} == {1.0}
+    assert (shown_after["status"], shown_after["left_time"]) == (5, 0)
