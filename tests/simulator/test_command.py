@@ -106,6 +106,7 @@ def test_banner_names_endpoint_projects_and_credentials(simulator: SimulatorHand
     assert f"HUAWEICLOUD_SDK_AK={DEFAULT_ACCESS_KEY}" in banner
     assert simulator.config.credentials.access_keys[0].secret_key in banner
     assert f"{simulator.url}/_sim/state" in banner
+    assert f"--endpoint {simulator.url} --project-id {DEFAULT_PROJECT_ID}" in banner
 
 
 async def test_serves_until_sigterm() -> None:

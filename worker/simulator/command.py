@@ -159,6 +159,7 @@ def describe(handle: SimulatorHandle) -> str:
         lines.append(f"  IAM token: {config.credentials.iam_token}")
     lines += [
         f"  admin:     {handle.url}/_sim/state",
+        f"  point the tool at it: --endpoint {handle.url} --project-id {config.project_ids[0]}",
         "  environment for the tool:",
         f"    HUAWEICLOUD_SDK_AK={key.access_key}",
         f"    HUAWEICLOUD_SDK_SK={key.secret_key}",
