@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
 from worker.listing import IncompleteListing, list_all
@@ -13,30 +15,39 @@ def _task(task_id: int) -> Task:
 
 
 class PagedTasks:
-    """An in-memory lister that pages by offset like OMS."""
+    """In-memory pages by offset like OMS; `after_first_page` lets a test change the listing."""
 
     def __init__(self, ids: list[int], *, inflate_count: int = 0) -> None:
         self.ids = ids
         self.inflate_count = inflate_count
-        self.calls: list[tuple[int, int]] = []
+        self.pages_served = 0
 
-    async def list_tasks(
+    def after_first_page(self) -> None:
+        """Hook for tests: called once the first page has been served."""
+
+    async def iter_pages(
         self,
         *,
-        limit: int = 10,
-        offset: int = 0,
+        page_size: int = 100,
         status: TaskStatus | None = None,
         group_id: str | None = None,
         task_name: str | None = None,
-    ) -> TaskPage:
-        self.calls.append((limit, offset))
-        page = [_task(i) for i in self.ids[offset : offset + limit]]
-        return TaskPage(tasks=page, count=len(self.ids) + self.inflate_count)
+    ) -> AsyncIterator[TaskPage]:
+        offset = 0
+        while True:
+            tasks = [_task(i) for i in self.ids[offset : offset + page_size]]
+            yield TaskPage(tasks=tasks, count=len(self.ids) + self.inflate_count)
+            self.pages_served += 1
+            if self.pages_served == 1:
+                self.after_first_page()
+            offset += len(tasks)
+            if len(tasks) < page_size:
+                return
 
 
-@pytest.mark.parametrize(("total", "pages"), [(0, 1), (1, 1), (100, 1), (101, 2), (1050, 11)])
+@pytest.mark.parametrize(("total", "pages"), [(0, 1), (1, 1), (100, 2), (101, 2), (1050, 11)])
 async def test_reads_every_page(total: int, pages: int) -> None:
-    """Every task is read once, in as many pages as the count needs."""
+    """Every task is read once, and the reported count is kept."""
     lister = PagedTasks(list(range(1, total + 1)))
     listing = await list_all(lister, page_size=100)
     assert [t.id for t in listing.tasks] == list(range(1, total + 1))
@@ -45,25 +56,13 @@ async def test_reads_every_page(total: int, pages: int) -> None:
 
 
 async def test_insertions_while_paging_are_deduplicated() -> None:
-    """A task pushed onto the next page by a new one is kept once."""
+    """A task pushed onto the next page by a new one is kept once; none present is lost."""
 
     class Growing(PagedTasks):
-        async def list_tasks(
-            self,
-            *,
-            limit: int = 10,
-            offset: int = 0,
-            status: TaskStatus | None = None,
-            group_id: str | None = None,
-            task_name: str | None = None,
-        ) -> TaskPage:
-            page = await super().list_tasks(limit=limit, offset=offset)
-            if len(self.calls) == 1:
-                self.ids.insert(0, 9999)  # newest first: shifts every later page by one
-            return page
+        def after_first_page(self) -> None:
+            self.ids.insert(0, 9999)  # newest first: shifts every later page by one
 
-    lister = Growing(list(range(1, 151)))
-    listing = await list_all(lister, page_size=100)
+    listing = await list_all(Growing(list(range(1, 151))), page_size=100)
     ids = [t.id for t in listing.tasks]
     assert len(ids) == len(set(ids))
     assert set(ids) == set(range(1, 151))  # every task present when paging began

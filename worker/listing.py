@@ -9,7 +9,7 @@ kept once), so they do not trip the check.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,18 +18,17 @@ from worker.oms.models import Task, TaskPage, TaskStatus
 PAGE_SIZE = 100
 
 
-class TaskLister(Protocol):
-    """The one client call listing needs."""
+class PageSource(Protocol):
+    """The one client call listing needs (`OmsClient.iter_pages`)."""
 
-    async def list_tasks(
+    def iter_pages(
         self,
         *,
-        limit: int = ...,
-        offset: int = ...,
+        page_size: int = ...,
         status: TaskStatus | None = ...,
         group_id: str | None = ...,
         task_name: str | None = ...,
-    ) -> TaskPage: ...
+    ) -> AsyncIterator[TaskPage]: ...
 
 
 class IncompleteListing(Exception):
@@ -46,27 +45,21 @@ class Listing:
 
 
 async def list_all(
-    client: TaskLister, *, group_id: str | None = None, page_size: int = PAGE_SIZE
+    client: PageSource, *, group_id: str | None = None, page_size: int = PAGE_SIZE
 ) -> Listing:
-    """Read every page (offset += page length, stop on a short page or past `count`)."""
+    """Read every page and check that they add up to what OMS reported."""
     seen: dict[int, Task] = {}
-    offset = 0
     pages = 0
-    count = 0
     smallest_count: int | None = None
-    while True:
-        page = await client.list_tasks(limit=page_size, offset=offset, group_id=group_id)
+    async for page in client.iter_pages(page_size=page_size, group_id=group_id):
         pages += 1
-        count = page.count
-        smallest_count = count if smallest_count is None else min(smallest_count, count)
+        smallest_count = page.count if smallest_count is None else min(smallest_count, page.count)
         for task in page.tasks:
             # Tasks created while we page push older ones onto the next page: keep the first.
             seen.setdefault(task.id, task)
-        offset += len(page.tasks)
-        if len(page.tasks) < page_size or offset >= count:
-            break
-    if smallest_count is not None and len(seen) < smallest_count:
+    count = smallest_count or 0
+    if len(seen) < count:
         raise IncompleteListing(
-            f"listing returned {len(seen)} distinct tasks but the API reported {smallest_count}"
+            f"listing returned {len(seen)} distinct tasks but the API reported {count}"
         )
     return Listing(tasks=list(seen.values()), pages=pages, reported_count=count)

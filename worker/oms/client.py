@@ -245,18 +245,19 @@ class OmsClient:
         answer = await self._call(RequestKind.LIST, "GET", path, query)
         return self._parse(TaskPage, answer, method="GET", path=path)
 
-    async def iter_tasks(
+    async def iter_pages(
         self,
         *,
         page_size: int = MAX_PAGE_SIZE,
         status: TaskStatus | None = None,
         group_id: str | None = None,
         task_name: str | None = None,
-    ) -> AsyncIterator[Task]:
-        """Every task matching the filter, page by page, the way the Terraform provider pages.
+    ) -> AsyncIterator[TaskPage]:
+        """Every page matching the filter, the way the Terraform provider pages.
 
+        offset += len(tasks); stop on a short or empty page or once offset reaches `count`.
         Offsets shift when tasks are deleted between page reads; a caller that deletes while
-        iterating must account for that (e.g. by listing again until nothing is left).
+        iterating must account for that (the run lists everything before deleting).
         """
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
@@ -269,12 +270,26 @@ class OmsClient:
                 group_id=group_id,
                 task_name=task_name,
             )
-            for task in page.tasks:
-                yield task
+            yield page
             offset += len(page.tasks)
             # An empty page also ends the loop, so a server whose `count` lies cannot spin us.
             if len(page.tasks) < page_size or offset >= page.count:
                 return
+
+    async def iter_tasks(
+        self,
+        *,
+        page_size: int = MAX_PAGE_SIZE,
+        status: TaskStatus | None = None,
+        group_id: str | None = None,
+        task_name: str | None = None,
+    ) -> AsyncIterator[Task]:
+        """Every task matching the filter, page by page (see `iter_pages`)."""
+        async for page in self.iter_pages(
+            page_size=page_size, status=status, group_id=group_id, task_name=task_name
+        ):
+            for task in page.tasks:
+                yield task
 
     async def show_task(self, task_id: int) -> Task:
         """`GET /v2/{project_id}/tasks/{task_id}`."""
