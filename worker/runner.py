@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -148,7 +149,12 @@ async def run_async(
                 return exit_code
             if jobs and confirm is not None:
                 projects = sorted({r.target.project_id for r in runs if r.jobs})
-                if not confirm(len(jobs), projects):
+                answer = await _ask(confirm, len(jobs), projects, shutdown=shutdown)
+                if answer is None:
+                    log.warning("run_stopped_at_confirmation", reason=shutdown.reason)
+                    exit_code = shutdown.signal_exit_code or EXIT_TASKS_LEFT
+                    return exit_code
+                if not answer:
                     log.warning("run_declined", selected=len(jobs))
                     exit_code = EXIT_SAFETY_ABORT
                     return exit_code
@@ -261,6 +267,40 @@ async def _list_and_select(
             run.jobs.clear()
         raise _Abort(EXIT_FATAL, f"stopped ({shutdown.reason}) before every target was listed")
     listing.result()
+
+
+async def _ask(
+    confirm: Confirm, count: int, projects: list[str], *, shutdown: Shutdown
+) -> bool | None:
+    """Ask on the terminal; None when a signal or the deadline came first.
+
+    The prompt blocks on stdin, so it runs in a daemon thread: the loop stays free to
+    handle SIGINT/SIGTERM, and an unanswered prompt cannot keep the process alive.
+    """
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[bool] = loop.create_future()
+
+    def settle(result: bool) -> None:
+        if not answer.done():
+            answer.set_result(result)
+
+    def ask() -> None:
+        try:
+            result = confirm(count, projects)
+        except (EOFError, OSError):
+            result = False
+        loop.call_soon_threadsafe(settle, result)
+
+    async def stopped() -> bool:
+        return await shutdown.requested.wait()
+
+    threading.Thread(target=ask, name="confirm", daemon=True).start()
+    stop = asyncio.create_task(stopped())
+    try:
+        await asyncio.wait([answer, stop], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    return answer.result() if answer.done() else None
 
 
 def _guard(runs: list[_TargetRun], *, settings: RunSettings) -> None:
