@@ -83,6 +83,13 @@ PRECEDENCE_TABLE = [
     ("connect_timeout", None, None, "3", timedelta(seconds=3)),
     ("log_format", "auto", "json", '"console"', None),
     ("log_format", None, "json", '"console"', "json"),
+    ("shard_count", "4", "3", "2", 4),
+    ("shard_count", None, "3", "2", 3),
+    ("shard_count", None, None, "2", 2),
+    ("shard_count", None, None, None, 1),
+    ("pushgateway", "http://a:9091", "http://b:9091", '"http://c:9091"', "http://a:9091"),
+    ("pushgateway", None, None, '"https://c/gw"', "https://c/gw"),
+    ("pushgateway", None, " ", None, None),
 ]
 
 
@@ -367,6 +374,22 @@ BAD_TABLE = [
         "c.toml': targets: Input should be",
     ),
     ({}, {}, "targets = 'x'", "c.toml': targets: Input should be"),
+    ({"shard_count": "0"}, {}, None, "--shard-count: must be at least 1 (got 0)"),
+    ({"shard_count": "two"}, {}, None, "--shard-count: Input should be a valid integer"),
+    ({"shard_index": "-1"}, {}, None, "--shard-index: must be at least 0 (got -1)"),
+    ({"shard_index": "2", "shard_count": "2"}, {}, None, "--shard-index: must be below"),
+    ({}, {"JOB_COMPLETION_INDEX": "1"}, None, "--shard-index (JOB_COMPLETION_INDEX): must be"),
+    ({}, {"JOB_COMPLETION_INDEX": "x"}, None, "--shard-index (JOB_COMPLETION_INDEX): Input"),
+    ({}, {"OMS_CLEANUP_SHARD_INDEX": "3"}, "shard_count = 3", "(OMS_CLEANUP_SHARD_INDEX): must"),
+    ({}, {}, "shard_index = 1", "shard_index cannot be set in a file every shard reads"),
+    ({"pushgateway": "pushgateway:9091"}, {}, None, "--pushgateway: expected an http(s) URL"),
+    ({"pushgateway": "ftp://h:21"}, {}, None, "--pushgateway: expected an http(s) URL"),
+    ({"pushgateway": "http://"}, {}, None, "--pushgateway: expected an http(s) URL"),
+    ({"pushgateway": "http://u:pw@h:9091"}, {}, None, "--pushgateway: credentials in the URL"),
+    ({"pushgateway": "http://h:9091/?a=1"}, {}, None, "--pushgateway: give the Pushgateway's"),
+    ({"metrics_textfile": "m.txt"}, {}, None, "--metrics-textfile: must end in .prom"),
+    ({"metrics_textfile": "/nonexistent-dir/m.prom"}, {}, None, "directory '/nonexistent-dir'"),
+    ({"report": "/nonexistent-{shard}/r.json"}, {}, None, "directory '/nonexistent-0'"),
 ]
 
 
@@ -591,3 +614,106 @@ def test_masked_settings_durations_read_back() -> None:
         environ={},
     )
     assert again == settings
+
+
+# ------------------------------------------------------------------------------------------
+# Sharding (an Indexed Job): where the index comes from, and what the settings then hold
+
+FOUR_TARGETS = "".join(
+    f'[[targets]]\nregion = "{region}"\nproject_id = "{project}"\n'
+    for region, project in [
+        ("cn-north-4", "a"),
+        ("cn-north-4", "b"),
+        ("af-south-1", "c"),
+        ("cn-east-3", "d"),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "job", "expected"),
+    [
+        ("2", "1", "0", 2),
+        (None, "1", "0", 1),
+        (None, None, "3", 3),
+        (None, " ", " ", 0),
+        (None, None, None, 0),
+    ],
+)
+def test_shard_index_sources(
+    flag: str | None, env: str | None, job: str | None, expected: int
+) -> None:
+    """--shard-index beats OMS_CLEANUP_SHARD_INDEX beats JOB_COMPLETION_INDEX beats 0."""
+    environ = {
+        name: value
+        for name, value in (("OMS_CLEANUP_SHARD_INDEX", env), ("JOB_COMPLETION_INDEX", job))
+        if value is not None
+    }
+    flags = {**TARGET, "shard_count": "4", "shard_index": flag}
+    assert load_settings(flags, environ=environ).shard_index == expected
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5])
+def test_shards_of_the_config_cover_every_target_once(tmp_path: Path, count: int) -> None:
+    """Loading the config once per index yields every configured target exactly once."""
+    config = write(tmp_path / "c.toml", f"older_than = '1d'\nshard_count = {count}\n{FOUR_TARGETS}")
+    shards = [
+        load_settings({}, config_file=config, environ={"JOB_COMPLETION_INDEX": str(index)})
+        for index in range(count)
+    ]
+    found = [target.project_id for shard in shards for target in shard.targets]
+    assert sorted(found) == ["a", "b", "c", "d"]
+    assert all(shard.shard_count == count for shard in shards)
+    assert [shard.shard_index for shard in shards] == list(range(count))
+
+
+def test_one_shard_keeps_the_configured_order(tmp_path: Path) -> None:
+    """Without sharding the targets stay as configured (not re-sorted)."""
+    config = write(tmp_path / "c.toml", f"older_than = '1d'\n{FOUR_TARGETS}")
+    settings = load_settings({}, config_file=config, environ={})
+    assert [target.project_id for target in settings.targets] == ["a", "b", "c", "d"]
+
+
+def test_empty_shard_is_valid() -> None:
+    """More shards than targets leaves some shards with nothing to do, which is not an error."""
+    settings = load_settings({**TARGET, "shard_count": "3", "shard_index": "1"}, environ={})
+    assert settings.targets == ()
+    assert masked_settings(settings)["targets"] == []
+
+
+@pytest.mark.parametrize(
+    ("report", "index", "expected"),
+    [
+        ("r-{shard}.json", "2", "r-2.json"),
+        ("r.json", "2", "r.json"),
+        ("{shard}/r-{shard}.json", "0", "0/r-0.json"),
+        ("r-{shards}.json", "1", "r-{shards}.json"),
+    ],
+)
+def test_shard_placeholder_in_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, report: str, index: str, expected: str
+) -> None:
+    """{shard} in --report and --metrics-textfile becomes the shard index before checking."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "0").mkdir()
+    textfile = report.replace(".json", ".prom")
+    flags = {
+        **TARGET,
+        "shard_count": "3",
+        "shard_index": index,
+        "report": report,
+        "metrics_textfile": textfile,
+    }
+    settings = load_settings(flags, environ={})
+    assert settings.report == Path(expected)
+    assert settings.metrics_textfile == Path(expected.replace(".json", ".prom"))
+    assert masked_settings(settings)["report"] == expected
+
+
+def test_masked_settings_show_shard_and_metrics() -> None:
+    """The report's settings say which shard ran and where its metrics went."""
+    flags = {**TARGET, "shard_count": "2", "shard_index": "1", "pushgateway": "http://gw:9091"}
+    shown = masked_settings(load_settings(flags, environ={}))
+    assert (shown["shard_index"], shown["shard_count"]) == (1, 2)
+    assert shown["pushgateway"] == "http://gw:9091"
+    assert shown["metrics_textfile"] is None

@@ -11,6 +11,12 @@ variable is an error (a misspelt protection must not pass silently). Several tar
 from `[[targets]]` tables in the file; --region/--endpoint/--project-id (flag or environment)
 build one target that replaces them. HUAWEICLOUD_SDK_PROJECT_ID is a fallback project id that
 ranks below the file.
+
+Sharding (an Indexed Job): every pod loads the same targets and keeps only its share (see
+worker/sharding.py), so `RunSettings.targets` holds this shard's targets only. The shard index
+comes from --shard-index, OMS_CLEANUP_SHARD_INDEX or Kubernetes' JOB_COMPLETION_INDEX, never
+from the file: a file shared by every pod cannot say which pod reads it. `{shard}` in --report
+and --metrics-textfile becomes the shard index.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pydantic import (
     SecretStr,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic import model_validator as _model_validator
@@ -46,11 +53,16 @@ from worker.durations import format_duration, parse_duration
 from worker.oms.auth import AkSk, Credentials, IamToken
 from worker.oms.endpoint import resolve_endpoint
 from worker.oms.models import ACTIVE_STATES, TaskStatus
+from worker.sharding import shard_targets
 
 ENV_PREFIX = "OMS_CLEANUP_"
 CONFIG_ENV = f"{ENV_PREFIX}CONFIG"
 SDK_ENV_PREFIX = "HUAWEICLOUD_SDK_"
 SDK_PROJECT_ID_ENV = f"{SDK_ENV_PREFIX}PROJECT_ID"
+# Set by Kubernetes in every pod of an Indexed Job: the pod's index, 0 to completions - 1.
+JOB_COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
+# Replaced by the shard index in the report and metrics file paths.
+SHARD_PLACEHOLDER = "{shard}"
 
 # File names read from a secrets directory (a Kubernetes Secret volume: one file per key).
 SECRET_FILE_NAMES = ("ak", "sk", "security_token", "auth_token")
@@ -278,6 +290,40 @@ def _positive(value: float, *, minimum: float = 0, inclusive: bool = False) -> f
     return value
 
 
+def _for_shard(path: Path, info: ValidationInfo) -> Path:
+    """`path` with {shard} replaced by the shard index (validated before the paths)."""
+    text = str(path)
+    if SHARD_PLACEHOLDER not in text or "shard_index" not in info.data:
+        # Without a valid index its own error is reported; this path is checked as written.
+        return path
+    return Path(text.replace(SHARD_PLACEHOLDER, str(info.data["shard_index"])))
+
+
+def _check_output_file(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path()
+    if not parent.is_dir():
+        raise ValueError(f"directory {str(parent)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a directory")
+
+
+def _check_pushgateway_url(text: str) -> str:
+    try:
+        url = yarl.URL(text)
+    except ValueError:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"expected an http(s) URL like http://pushgateway:9091 (got {text!r})")
+    if url.user is not None or url.password is not None:
+        # The URL is shown in settings and logs; a password in it would leak there.
+        raise ValueError("credentials in the URL are not supported")
+    if url.query_string or url.fragment:
+        raise ValueError(
+            f"give the Pushgateway's base URL, without query or fragment (got {text!r})"
+        )
+    return text
+
+
 # --------------------------------------------------------------------------------------------
 # Run settings
 
@@ -290,6 +336,9 @@ class RunSettings(BaseSettings):
     )
 
     targets: tuple[Target, ...] = ()
+    # One pod of an Indexed Job handles the targets of one shard; 1 shard is all of them.
+    shard_count: int = 1
+    shard_index: int = 0
     # Age criteria: at least one is required (see _require_age); nothing defaults to "any age".
     older_than: timedelta | None = None
     started_before: datetime | None = None
@@ -328,6 +377,9 @@ class RunSettings(BaseSettings):
     ca_bundle: Path | None = None
     allow_insecure_http: bool = False
     secrets_dir: Path | None = None
+    # Run metrics at the end of a run: a Prometheus Pushgateway, a node-exporter textfile.
+    pushgateway: str | None = None
+    metrics_textfile: Path | None = None
 
     @property
     def dry_run(self) -> bool:
@@ -451,16 +503,45 @@ class RunSettings(BaseSettings):
     def _check_at_least_one(cls, value: int) -> int:
         return int(_positive(value, minimum=1, inclusive=True))
 
+    @field_validator("shard_count")
+    @classmethod
+    def _check_shard_count(cls, value: int) -> int:
+        return int(_positive(value, minimum=1, inclusive=True))
+
+    @field_validator("shard_index")
+    @classmethod
+    def _check_shard_index(cls, value: int) -> int:
+        return int(_positive(value, minimum=0, inclusive=True))
+
     @field_validator("report")
     @classmethod
-    def _check_report_dir(cls, value: Path) -> Path:
+    def _check_report_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        value = _for_shard(value, info)
         # Found out before anything is deleted, not when the report is written at the end.
-        parent = value.parent if str(value.parent) else Path()
-        if not parent.is_dir():
-            raise ValueError(f"directory {str(parent)!r} does not exist")
-        if value.is_dir():
-            raise ValueError(f"{str(value)!r} is a directory")
+        _check_output_file(value)
         return value
+
+    @field_validator("metrics_textfile")
+    @classmethod
+    def _check_metrics_textfile(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        value = _for_shard(value, info)
+        # node-exporter's textfile collector reads only *.prom files.
+        if value.suffix != ".prom":
+            raise ValueError(f"must end in .prom for node-exporter to read it (got {str(value)!r})")
+        _check_output_file(value)
+        return value
+
+    @field_validator("pushgateway", mode="before")
+    @classmethod
+    def _parse_pushgateway(cls, value: Any) -> Any:
+        return _blank_to_none(value)
+
+    @field_validator("pushgateway")
+    @classmethod
+    def _check_pushgateway(cls, value: str | None) -> str | None:
+        return None if value is None else _check_pushgateway_url(value)
 
     @field_validator("ca_bundle")
     @classmethod
@@ -492,6 +573,11 @@ class RunSettings(BaseSettings):
                     target.base_url(allow_insecure_http=self.allow_insecure_http)
                 except ValueError as exc:
                     raise _FieldProblem(("targets", index, "endpoint"), str(exc)) from None
+        if self.shard_index >= self.shard_count:
+            raise _FieldProblem(
+                ("shard_index",),
+                f"must be below --shard-count ({self.shard_count}) (got {self.shard_index})",
+            )
         if self.older_than is None and self.started_before is None:
             raise _FieldProblem(
                 ("older_than",),
@@ -516,7 +602,7 @@ class RunSettings(BaseSettings):
 class _Layer:
     """The values one source gives, before merging."""
 
-    name: Literal["flags", "environment", "file", "sdk"]
+    name: Literal["flags", "environment", "job", "file", "sdk"]
     values: dict[str, Any]
 
 
@@ -543,9 +629,20 @@ def load_settings(
     layers = [
         _Layer("flags", {key: value for key, value in flags.items() if value is not None}),
         _Layer("environment", _environment_values(env)),
+        _Layer("job", _job_values(env)),
         _Layer("file", _read_config_file(config_file) if config_file is not None else {}),
         _Layer("sdk", _sdk_values(env)),
     ]
+    if "shard_index" in layers[3].values:
+        raise ConfigError(
+            [
+                Problem(
+                    f"config file {str(config_file)!r}",
+                    "shard_index cannot be set in a file every shard reads; use --shard-index "
+                    f"or {JOB_COMPLETION_INDEX_ENV}",
+                )
+            ]
+        )
     flat, replaced = _place_flat_target(layers, config_file=config_file)
     found: list[Problem] = []
     if replaced is not None:
@@ -575,7 +672,10 @@ def load_settings(
         )
     if found:
         raise ConfigError(found)
-    return settings
+    # Sharded after validation: every pod checks the whole configuration, and a shard left
+    # without targets is a valid (empty) run rather than a "no target" error.
+    mine = shard_targets(settings.targets, index=settings.shard_index, count=settings.shard_count)
+    return settings.model_copy(update={"targets": mine})
 
 
 def _environment_values(env: Mapping[str, str]) -> dict[str, Any]:
@@ -594,6 +694,11 @@ def _environment_values(env: Mapping[str, str]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(sorted(unknown, key=str))
     return values
+
+
+def _job_values(env: Mapping[str, str]) -> dict[str, Any]:
+    index = env.get(JOB_COMPLETION_INDEX_ENV, "").strip()
+    return {"shard_index": index} if index else {}
 
 
 def _sdk_values(env: Mapping[str, str]) -> dict[str, Any]:
@@ -707,6 +812,8 @@ def _problem(
         if field in layer.values:
             if layer.name == "environment":
                 option = f"{option} ({ENV_PREFIX}{field.upper()})"
+            elif layer.name == "job":
+                option = f"{option} ({JOB_COMPLETION_INDEX_ENV})"
             elif layer.name == "file":
                 option = f"{option} ({file_label})"
             break
@@ -890,6 +997,8 @@ def masked_settings(
             }
             for target in settings.targets
         ],
+        "shard_index": settings.shard_index,
+        "shard_count": settings.shard_count,
         "older_than": _maybe(format_duration, settings.older_than),
         "started_before": _maybe(lambda value: value.isoformat(), settings.started_before),
         "states": sorted(status.label for status in settings.states),
@@ -916,6 +1025,8 @@ def masked_settings(
         "ca_bundle": _maybe(str, settings.ca_bundle),
         "allow_insecure_http": settings.allow_insecure_http,
         "secrets_dir": _maybe(str, settings.secrets_dir),
+        "pushgateway": settings.pushgateway,
+        "metrics_textfile": _maybe(str, settings.metrics_textfile),
     }
     if credentials is not None:
         shown["auth_mode"] = credential_mode(credentials)
