@@ -1,0 +1,1 @@
+"""On-demand benchmarks (`make bench`); skipped unless pytest is run with `-m benchmark`."""
