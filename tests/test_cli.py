@@ -31,10 +31,11 @@ TARGET = ["--region", "cn-north-4", "--project-id", "p1", "--older-than", "30d"]
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No ambient OMS or Huawei SDK variables; valid AK/SK; work in a temporary directory."""
+    """No ambient OMS, Huawei SDK or Job index variables; valid AK/SK; work in a temp dir."""
     for name in list(os.environ):
         if name.startswith(("OMS_CLEANUP_", "HUAWEICLOUD_SDK_")):
             monkeypatch.delenv(name)
+    monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
     monkeypatch.setenv("OMS_CLEANUP_AK", AK)
     monkeypatch.setenv("OMS_CLEANUP_SK", SK)
     monkeypatch.chdir(tmp_path)
@@ -104,6 +105,15 @@ BAD_INPUTS = [
     ([*TARGET, "--bogus"], {}, "unrecognized arguments: --bogus"),
     ([*TARGET, "--rate"], {}, "argument --rate: expected one argument"),
     ([*TARGET, "--secrets-dir", "nowhere"], {}, "--secrets-dir: no such directory"),
+    ([*TARGET, "--shard-count", "0"], {}, "--shard-count: must be at least 1 (got 0)"),
+    ([*TARGET, "--shard-index", "2"], {}, "--shard-index: must be below --shard-count (1)"),
+    (
+        [*TARGET, "--shard-count", "3"],
+        {"JOB_COMPLETION_INDEX": "3"},
+        "--shard-index (JOB_COMPLETION_INDEX): must be below --shard-count (3) (got 3)",
+    ),
+    ([*TARGET, "--pushgateway", "gw:9091"], {}, "--pushgateway: expected an http(s) URL"),
+    ([*TARGET, "--metrics-textfile", "m.json"], {}, "--metrics-textfile: must end in .prom"),
 ]
 
 
@@ -249,13 +259,42 @@ def test_validate_with_config_and_overrides(
     ]
 
 
+def test_validate_shows_shard_and_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The shard comes from JOB_COMPLETION_INDEX, {shard} is filled in, metrics options show."""
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
+    argv = [
+        "validate",
+        *TARGET,
+        "--shard-count",
+        "2",
+        "--report",
+        "report-{shard}.json",
+        "--metrics-textfile",
+        "oms-{shard}.prom",
+        "--pushgateway",
+        "http://127.0.0.1:9091",
+    ]
+    assert exit_code(argv) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["shard_index"], shown["shard_count"]) == (1, 2)
+    # One target, two shards: the target belongs to shard 0, so shard 1 has none.
+    assert shown["targets"] == []
+    assert shown["report"] == "report-1.json"
+    assert shown["metrics_textfile"] == "oms-1.prom"
+    assert shown["pushgateway"] == "http://127.0.0.1:9091"
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     """--version prints the version and exits 0."""
     assert exit_code(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"oms-cleanup {__version__}"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["validate", "-h"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["run", "--help"], ["validate", "-h"], ["merge-reports", "--help"]]
+)
 def test_help(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     """Help exits 0 and mentions the options."""
     assert exit_code(argv) == 0

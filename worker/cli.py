@@ -1,4 +1,4 @@
-"""The command line: `oms-cleanup run | validate | demo | simulate`.
+"""The command line: `oms-cleanup run | validate | merge-reports | demo | simulate`.
 
 Flags only override what the environment and the config file say: every flag defaults to
 None (absent), and settings.load_settings does the merging. Every bad input ends as one line
@@ -115,10 +115,30 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--yes", action="store_const", const=True, help="do not ask for confirmation on a TTY"
     )
 
+    shard = parser.add_argument_group("sharding (a Kubernetes Indexed Job)")
+    shard.add_argument(
+        "--shard-count", metavar="N", help="split the targets into N shards (default: 1)"
+    )
+    shard.add_argument(
+        "--shard-index",
+        metavar="I",
+        help="the shard this run handles, 0 to N-1 (default: $JOB_COMPLETION_INDEX, else 0)",
+    )
+
     out = parser.add_argument_group("output")
-    out.add_argument("--report", metavar="PATH", help="JSON report path")
+    out.add_argument(
+        "--report", metavar="PATH", help="JSON report path; {shard} becomes the shard index"
+    )
     out.add_argument("--log-format", metavar="json|console|auto", help="default: auto")
     out.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error")
+    out.add_argument(
+        "--pushgateway", metavar="URL", help="push run metrics to this Prometheus Pushgateway"
+    )
+    out.add_argument(
+        "--metrics-textfile",
+        metavar="PATH",
+        help="write run metrics for node-exporter's textfile collector (*.prom)",
+    )
 
     conn = parser.add_argument_group("connection")
     conn.add_argument("--connect-timeout", metavar="DURATION", help="seconds or a duration")
@@ -152,6 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
         "validate", help="print the effective settings (secrets masked); exit 2 if invalid"
     )
     _add_run_options(validate)
+    merge = commands.add_parser(
+        "merge-reports",
+        help="combine the reports of disjoint runs (e.g. shards) into one report",
+        description="Combine reports of disjoint targets (the shards of one run) into one: "
+        "summaries recomputed, the most severe exit code, every input's run id listed. "
+        "Exit 0 when written, 2 when an input is unusable.",
+    )
+    merge.add_argument("output", type=Path, metavar="OUT", help="the merged report to write")
+    merge.add_argument(
+        "inputs", type=Path, nargs="+", metavar="IN", help="reports to merge (at least one)"
+    )
     commands.add_parser("demo", help="a local simulator and an executing run against it")
     commands.add_parser(
         "simulate", help="serve an OMS-compatible simulator (see: simulate --help)", add_help=False
@@ -222,6 +253,20 @@ def _run(args: argparse.Namespace, *, stdin: TextIO, stderr: TextIO) -> int:
     return runner.run(settings=settings, credentials=credentials, confirm=confirm)
 
 
+def _merge_reports(args: argparse.Namespace, *, stdout: TextIO) -> int:
+    from worker.merge import MergeError, merge_report_files
+
+    try:
+        merged = merge_report_files(args.output, args.inputs)
+    except MergeError as exc:
+        raise UsageError(f"merge-reports: {exc}") from None
+    stdout.write(
+        f"merged {len(args.inputs)} reports ({len(merged['tasks'])} tasks, exit code "
+        f"{merged['exit_code']}) into {args.output}\n"
+    )
+    return EXIT_OK
+
+
 def _demo() -> int:
     # Looked up at call time: nothing else here depends on the demo module.
     try:
@@ -261,6 +306,8 @@ def run_cli(
             return _validate(args, stdout=stdout)
         if args.command == "run":
             return _run(args, stdin=stdin, stderr=stderr)
+        if args.command == "merge-reports":
+            return _merge_reports(args, stdout=stdout)
         return _demo()
     except UsageError as exc:
         stderr.write(f"{PROG}: error: {exc}\n")
