@@ -27,6 +27,7 @@ from dockerfile_model import DOCKERFILE, REPO, parse_dockerfile
 
 from worker.cli import EXIT_OK, run_cli
 from worker.durations import parse_duration
+from worker.runner import EXIT_SAFETY_ABORT, EXIT_TASKS_LEFT, EXIT_USAGE
 from worker.settings import SECRET_FILE_NAMES
 
 K8S = REPO / "config" / "k8s"
@@ -333,14 +334,17 @@ def test_cronjob_never_overlaps_and_cleans_up(rendered: dict[str, list[dict[str,
 def test_usage_errors_and_safety_stops_are_not_retried(
     variant: str, rendered: dict[str, list[dict[str, Any]]]
 ) -> None:
-    """Exit 2 (bad settings) and 3 (safety stop) fail the Job at once instead of retrying."""
-    from worker.runner import EXIT_SAFETY_ABORT, EXIT_USAGE
-
-    rules = job_spec(workload(rendered[variant]))["podFailurePolicy"]["rules"]
-    fail_job = [rule["onExitCodes"] for rule in rules if rule["action"] == "FailJob"]
+    """Exits the run decided (1, 2, 3) are not retried; a shard's never stops the other shards."""
+    obj = workload(rendered[variant])
+    # An Indexed Job fails only the index: FailJob would kill every other shard mid-run.
+    action = "FailIndex" if job_spec(obj).get("completionMode") == "Indexed" else "FailJob"
+    rules = job_spec(obj)["podFailurePolicy"]["rules"]
+    assert not [rule for rule in rules if rule["action"] == "FailJob" and action != "FailJob"]
+    final = [rule["onExitCodes"] for rule in rules if rule["action"] == action]
     assert any(
-        codes["operator"] == "In" and {EXIT_USAGE, EXIT_SAFETY_ABORT} <= set(codes["values"])
-        for codes in fail_job
+        codes["operator"] == "In"
+        and {EXIT_TASKS_LEFT, EXIT_USAGE, EXIT_SAFETY_ABORT} <= set(codes["values"])
+        for codes in final
     )
 
 
