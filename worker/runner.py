@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from worker import logs
+from worker import logs, metrics
 from worker.listing import IncompleteListing, list_all
 from worker.oms.auth import Credentials
 from worker.oms.client import ClientConfig, OmsClient
@@ -185,6 +185,13 @@ async def run_async(
             deadline_reached=deadline_reached,
         )
         write_report(settings.report, report)
+        # urllib under the hood: off the loop, and it never raises (failures are logged).
+        await asyncio.to_thread(
+            metrics.publish,
+            report,
+            pushgateway=settings.pushgateway,
+            textfile=settings.metrics_textfile,
+        )
         log.info(
             "run_finished",
             exit_code=exit_code,
