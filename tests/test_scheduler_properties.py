@@ -15,15 +15,23 @@ import asyncio
 import copy
 import io
 import random
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
 from worker import logs
+from worker.oms.auth import AkSk
 from worker.oms.errors import (
     AuthFailed,
     ErrorInfo,
@@ -40,8 +48,21 @@ from worker.oms.errors import (
 )
 from worker.oms.models import Task, TaskStatus
 from worker.outcomes import Outcome
+from worker.report import load_report, report_schema
+from worker.runner import run_async
 from worker.scheduler import Hooks, Job, Scheduler, SchedulerConfig
+from worker.settings import load_settings
 from worker.shutdown import FATAL, Shutdown
+from worker.simulator.config import (
+    DEFAULT_ACCESS_KEY,
+    DEFAULT_PROJECT_ID,
+    DEFAULT_SECRET_KEY,
+    SimulatorConfig,
+    TimingConfig,
+)
+from worker.simulator.faults import FaultConfig
+from worker.simulator.population import PopulationConfig
+from worker.simulator.server import run_simulator
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -321,3 +342,210 @@ def test_every_job_one_consistent_outcome(population: Population) -> None:
     if api.stop_event is not None and any(c.answer == "fatal" for c in api.calls):
         assert ran.shutdown.reason in {FATAL, "SIGTERM", "deadline"}
         assert isinstance(ran.scheduler.fatal, FATAL_ERRORS)
+
+
+# ------------------------------------------------------------------------------------------
+# The whole run, over real HTTP against the simulator: fewer, slower examples.
+
+SUCCEEDED, FAILED, PAUSED, MIGRATING, UNKNOWN_CODE = 5, 4, 3, 2, 9
+DELETABLE_CODES = frozenset({SUCCEEDED, FAILED, PAUSED})
+STATE_NAMES = {SUCCEEDED: "succeeded", FAILED: "failed", PAUSED: "paused", MIGRATING: "migrating"}
+AGES = {"0s": timedelta(), "1d": timedelta(days=1), "30d": timedelta(days=30)}
+EXCLUDES = ("*db-dumps*", "nightly-*", "*é*")
+
+
+@dataclass(frozen=True, slots=True)
+class RunCase:
+    """One simulated account, one policy, one set of API misbehaviours."""
+
+    tasks: int
+    weights: tuple[tuple[int, float], ...]
+    states: tuple[int, ...]
+    older_than: str
+    exclude: tuple[str, ...]
+    protect: tuple[int, ...]  # indexes into the population, sorted by id
+    error_rate: float
+    drop_rate: float
+    drop_after_processing: bool
+    rate_limit: int | None
+    retry_after: bool
+    concurrency: int
+
+
+@st.composite
+def run_cases(draw: st.DrawFn) -> RunCase:
+    """Accounts with finished, paused, migrating, unknown-state and undated tasks; faults."""
+    states = draw(
+        st.lists(st.sampled_from(sorted(STATE_NAMES)), min_size=1, max_size=3, unique=True)
+    )
+    return RunCase(
+        tasks=draw(st.integers(10, 50)),
+        weights=(
+            (SUCCEEDED, draw(st.floats(0.2, 1.0))),
+            (FAILED, draw(st.floats(0.0, 0.3))),
+            (PAUSED, draw(st.floats(0.0, 0.3))),
+            (MIGRATING, draw(st.floats(0.0, 0.3))),
+            (UNKNOWN_CODE, draw(st.floats(0.0, 0.2))),
+        ),
+        states=tuple(sorted(states)),
+        older_than=draw(st.sampled_from(sorted(AGES))),
+        exclude=tuple(draw(st.lists(st.sampled_from(EXCLUDES), max_size=2))),
+        protect=tuple(draw(st.lists(st.integers(0, 9), max_size=3))),
+        error_rate=draw(st.sampled_from([0.0, 0.05])),
+        drop_rate=draw(st.sampled_from([0.0, 0.02])),
+        drop_after_processing=draw(st.booleans()),
+        rate_limit=draw(st.sampled_from([None, None, 20])),
+        retry_after=draw(st.booleans()),
+        concurrency=draw(st.integers(1, 8)),
+    )
+
+
+def _started(raw: dict[str, Any]) -> datetime | None:
+    millis = raw.get("start_time") or 0
+    return datetime.fromtimestamp(millis / 1000, UTC) if millis > 0 else None
+
+
+async def _run_against_simulator(
+    case: RunCase, directory: Path
+) -> tuple[int, dict[str, Any], dict[str, Any], dict[int, dict[str, Any]], set[int]]:
+    config = SimulatorConfig(
+        tasks_per_project=case.tasks,
+        seed=case.tasks,
+        population=PopulationConfig(
+            status_weights=case.weights,
+            zero_start_time_share=0.05,
+            absent_start_time_share=0.05,
+        ),
+        timing=TimingConfig(
+            finish_after=(timedelta(hours=1), timedelta(hours=2)),
+            pausing_delay=timedelta(milliseconds=30),
+            sticky_pause_share=0.5,
+            sticky_pause_attempts=2,
+        ),
+        faults=FaultConfig(
+            error_rate=case.error_rate,
+            drop_rate=case.drop_rate,
+            drop_after_processing=case.drop_after_processing,
+            rate_limit=case.rate_limit,
+            retry_after=case.retry_after,
+        ),
+    )
+    async with run_simulator(config) as sim:
+        before = {
+            task_id: dict(task)
+            for task_id, task in sim.state.projects[DEFAULT_PROJECT_ID].tasks.items()
+        }
+        ordered = sorted(before)
+        protected = {ordered[i] for i in case.protect if i < len(ordered)}
+        now = datetime.now(UTC)
+        report = directory / "report.json"
+        flags: dict[str, Any] = {
+            "endpoint": sim.url,
+            "project_id": DEFAULT_PROJECT_ID,
+            "report": str(report),
+            "states": ",".join(STATE_NAMES[code] for code in case.states),
+            "stop_running": MIGRATING in case.states,
+            "older_than": case.older_than,
+            "name_exclude": list(case.exclude),
+            "protect_ids": [str(task_id) for task_id in sorted(protected)],
+            "rate": "1000",
+            "concurrency": str(case.concurrency),
+            "requeue_delay": "20ms",
+            "max_attempts": "30",
+            "deadline": "30s",
+            "execute": True,
+        }
+        code = await run_async(
+            settings=load_settings(flags, environ={}),
+            credentials=AkSk(
+                access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr(DEFAULT_SECRET_KEY)
+            ),
+            now=lambda: now,
+            handle_signals=False,
+        )
+        truth = sim.state.snapshot()
+    written = load_report(report)
+    jsonschema.validate(written, report_schema())
+    eligible = {
+        task_id
+        for task_id, raw in before.items()
+        if raw["status"] in case.states
+        and (start := _started(raw)) is not None
+        and now - start >= AGES[case.older_than]
+        and task_id not in protected
+        and not any(fnmatchcase(raw["name"], glob) for glob in case.exclude)
+    }
+    return code, written, truth, before, eligible
+
+
+def _storm(*, retry_after: bool, drop_after_processing: bool) -> RunCase:
+    """Every fault at once, so each run of the suite meets them whatever hypothesis draws."""
+    return RunCase(
+        tasks=45,
+        weights=((SUCCEEDED, 0.5), (FAILED, 0.1), (PAUSED, 0.1), (MIGRATING, 0.2), (9, 0.1)),
+        states=(MIGRATING, PAUSED, FAILED, SUCCEEDED),
+        older_than="1d",
+        exclude=("*db-dumps*",),
+        protect=(0, 1, 2),
+        error_rate=0.05,
+        drop_rate=0.02,
+        drop_after_processing=drop_after_processing,
+        rate_limit=20,
+        retry_after=retry_after,
+        concurrency=8,
+    )
+
+
+@settings(max_examples=8, deadline=None)
+@example(case=_storm(retry_after=True, drop_after_processing=False))
+@example(case=_storm(retry_after=False, drop_after_processing=True))
+@given(case=run_cases())
+def test_run_over_http_matches_the_simulators_record(case: RunCase) -> None:
+    """Whole runs under 5xx, drops, 429 and OMS.0063: deletions ⊆ selection, report == record."""
+    with tempfile.TemporaryDirectory() as directory:
+        code, report, truth, before, eligible = asyncio.run(
+            _run_against_simulator(case, Path(directory))
+        )
+    deleted = {d["task_id"] for d in truth["deletions"]}
+    outcome_of = {t["id"]: t["outcome"] for t in report["tasks"]}
+
+    # (a)+(b) Only selected tasks were deleted; nothing active, unknown, undated, protected,
+    # excluded or too young. A delete never met a task still migrating.
+    assert deleted <= eligible
+    for task_id in deleted:
+        assert before[task_id]["status"] in DELETABLE_CODES | {MIGRATING}
+    refused = {r["status"] for r in truth["refused_deletes"]}
+    assert refused <= {PAUSED, 7}, f"deletes sent to tasks in states {refused}"
+    if MIGRATING not in case.states:
+        assert truth["stops"] == []
+        assert refused == set()
+
+    # (c) Every selected task has exactly one record with one outcome.
+    assert len(report["tasks"]) == len(outcome_of) == len(eligible)
+    assert set(outcome_of) == eligible
+
+    # (d) The report agrees with the simulator's record.
+    reported_deleted = {i for i, outcome in outcome_of.items() if outcome == "deleted"}
+    reported_gone = {i for i, outcome in outcome_of.items() if outcome == "already_gone"}
+    failed = {i for i, outcome in outcome_of.items() if outcome == "failed"}
+    assert reported_deleted <= deleted
+    assert reported_gone <= deleted, "already_gone for a task nobody deleted"
+    # A delete whose answer was lost on its last allowed send is failed, yet happened.
+    assert deleted <= reported_deleted | reported_gone | failed
+    if not (case.drop_rate and case.drop_after_processing):
+        assert reported_gone == set()
+        assert deleted == reported_deleted
+    summary = report["summary"]
+    assert summary["deleted"] == len(reported_deleted)
+    assert summary["selected"] == len(eligible)
+    assert summary["listed"] == case.tasks
+    sent = summary["requests_sent"]["by_kind"]
+    seen = sum(truth["requests"].values()) + sum(truth["rejected"].values())
+    # aiohttp may re-send a request whose pooled connection was dropped, below our counting.
+    assert sum(sent.values()) <= seen
+    if not case.drop_rate:
+        assert sum(sent.values()) == seen
+    assert report["exit_code"] == code
+    done = all(outcome in {"deleted", "already_gone"} for outcome in outcome_of.values())
+    assert (code == 0) == done
+    assert code in {0, 1}
