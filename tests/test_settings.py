@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from worker.credentials import load_credentials
 from worker.oms.auth import AkSk, IamToken
 from worker.oms.models import TaskStatus
 from worker.settings import (
@@ -18,7 +19,6 @@ from worker.settings import (
     MaxDeletions,
     RunSettings,
     Target,
-    load_credentials,
     load_settings,
     masked_settings,
 )

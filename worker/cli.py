@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from worker import __version__
+from worker.credentials import load_credentials
 from worker.oms.auth import AkSk, Credentials
 from worker.settings import (
     ConfigError,
     RunSettings,
-    load_credentials,
     load_settings,
     masked_settings,
 )

@@ -66,3 +66,10 @@ def auth_headers(
         body=body,
     )
     return added
+
+
+def credential_mode(credentials: Credentials) -> str:
+    """Which kind of credentials, without any of their values."""
+    if isinstance(credentials, IamToken):
+        return "iam_token"
+    return "ak_sk_temporary" if credentials.security_token is not None else "ak_sk"
