@@ -3,7 +3,9 @@
 #
 #   docker build -t oms-cleanup:0.1.0 .
 #   docker run --rm --read-only --tmpfs /tmp -v "$PWD/reports:/reports" \
-#       --env-file credentials.env oms-cleanup:0.1.0 run --config /reports/cleanup.toml
+#       -v "$PWD/cleanup.toml:/etc/oms-cleanup/cleanup.toml:ro" --env-file credentials.env \
+#       oms-cleanup:0.1.0 run --config /etc/oms-cleanup/cleanup.toml
+# (docs/operations.md has the details: Kubernetes, cron, a manual mass cleanup.)
 #
 # Two stages: the builder turns this checkout into wheels (ours and every dependency's); the
 # final stage installs them into a venv without reaching any index and without keeping the
