@@ -22,7 +22,7 @@ from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
-import yaml  # type: ignore[import-untyped]
+import yaml
 from dockerfile_model import DOCKERFILE, REPO, parse_dockerfile
 
 from worker.cli import EXIT_OK, run_cli
