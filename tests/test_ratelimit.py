@@ -1,26 +1,85 @@
-"""The adaptive per-target limit: window sizing, cut on 429, gradual recovery."""
+"""The adaptive per-target limit: window sizing, admission in turn, cut on 429, recovery."""
 
 from __future__ import annotations
 
+import asyncio
+import types
+
+import asyncio_throttle.throttler
 import pytest
 
 from worker.oms.errors import ErrorInfo, Throttled
-from worker.ratelimit import AdaptiveRateLimiter, Backoff, window_for
+from worker.ratelimit import (
+    SECOND_GUARD,
+    AdaptiveRateLimiter,
+    Backoff,
+    second_window_for,
+    window_for,
+)
 
 
 class FakeClock:
-    """A monotonic clock the test moves by hand."""
+    """A monotonic clock the test moves by hand, or by sleeping on it."""
 
     def __init__(self) -> None:
         self.now = 1000.0
+        self.sleeps: list[float] = []
 
     def __call__(self) -> float:
         return self.now
+
+    def monotonic(self) -> float:
+        """The same clock under the name asyncio-throttle calls."""
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        """Pass `delay` on this clock at once, then let other coroutines run."""
+        self.sleeps.append(delay)
+        self.now += max(0.0, delay)
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """A FakeClock that asyncio-throttle reads too (it calls `time.monotonic()` itself)."""
+    fake = FakeClock()
+    monkeypatch.setattr(
+        asyncio_throttle.throttler, "time", types.SimpleNamespace(monotonic=fake.monotonic)
+    )
+    return fake
 
 
 def _throttled(*, retry_after: float | None = None, limit: float | None = None) -> Throttled:
     info = ErrorInfo(method="DELETE", path="/x", http_status=429, error_code="APIG.0308")
     return Throttled(info, retry_after=retry_after, limit_per_second=limit)
+
+
+def _most_in_any_window(times: list[float], window: float) -> int:
+    best, start = 0, 0
+    for end, moment in enumerate(times):
+        while moment - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+async def _admit(
+    limiter: AdaptiveRateLimiter, clock: FakeClock, *, waiters: int, total: int
+) -> list[tuple[float, int]]:
+    """`waiters` coroutines take `total` slots between them: (time, waiter) per admission."""
+    admitted: list[tuple[float, int]] = []
+    left = total
+
+    async def waiter(number: int) -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await limiter.acquire()
+            admitted.append((clock.now, number))
+
+    async with asyncio.timeout(10):
+        await asyncio.gather(*(waiter(n) for n in range(waiters)))
+    return admitted
 
 
 @pytest.mark.parametrize(
@@ -35,22 +94,128 @@ def test_window_admits_the_rate(rate: float, period: float, slots: int) -> None:
     assert got_slots / got_period == pytest.approx(rate)
 
 
-def test_window_rejects_zero_rate() -> None:
-    """A zero rate would wait forever, so it is refused."""
+@pytest.mark.parametrize(
+    ("rate", "period", "slots"),
+    [(500, 1.0, 500), (97.5, 1.0, 97), (1, 1.0, 1), (2.5, 1.0, 2), (0.5, 2.0, 1), (0.1, 10.0, 1)],
+)
+def test_second_window_counts_whole_requests(rate: float, period: float, slots: int) -> None:
+    """Every second (or 1/rate below one per second) holds at most the rate, rounded down."""
+    got_period, got_slots = second_window_for(rate)
+    assert got_slots == slots
+    assert got_period == pytest.approx(period)
+
+
+@pytest.mark.parametrize("rate", [0, -1])
+def test_zero_rate_is_refused(rate: float) -> None:
+    """A zero or negative rate would wait forever, so it is refused."""
     with pytest.raises(ValueError, match="positive"):
-        window_for(0)
+        window_for(rate)
+    with pytest.raises(ValueError, match="positive"):
+        second_window_for(rate)
+    with pytest.raises(ValueError, match="positive"):
+        AdaptiveRateLimiter(rate)
 
 
-def test_cut_then_linear_recovery() -> None:
-    """A 429 halves the rate, which then regains 5 % of the configured rate per second."""
+@pytest.mark.parametrize(
+    ("rate", "waiters"), [(100, 1), (100, 200), (500, 500), (20, 50), (97, 32), (3, 10)]
+)
+async def test_never_over_the_rate_in_any_window(clock: FakeClock, rate: int, waiters: int) -> None:
+    """However many wait, no 1 s window and no short window holds more than its share."""
+    limiter = AdaptiveRateLimiter(rate, clock=clock, sleep=clock.sleep)
+    admitted = await _admit(limiter, clock, waiters=waiters, total=rate * 3)
+    times = [moment for moment, _ in admitted]
+    period, slots = window_for(rate)
+    assert _most_in_any_window(times, 1.0) <= rate
+    assert _most_in_any_window(times, period) <= slots
+    # And it is not much slower than asked: three seconds' worth takes about three seconds.
+    span = times[-1] - times[0]
+    assert span <= 3 * (1 + SECOND_GUARD) + period
+
+
+async def test_waiters_are_served_in_arrival_order(clock: FakeClock) -> None:
+    """The first to ask is the first admitted, also when every slot is taken."""
+    limiter = AdaptiveRateLimiter(50, clock=clock, sleep=clock.sleep)
+    order: list[int] = []
+
+    async def one(number: int) -> None:
+        await limiter.acquire()
+        order.append(number)
+
+    tasks = []
+    for number in range(40):
+        tasks.append(asyncio.create_task(one(number)))
+        await asyncio.sleep(0)  # each starts waiting before the next one is created
+    await asyncio.gather(*tasks)
+    assert order == list(range(40))
+
+
+async def test_only_the_head_waits_on_the_clock(clock: FakeClock) -> None:
+    """Waiters do not poll: at most one sleep per admission, however many wait."""
+    limiter = AdaptiveRateLimiter(100, clock=clock, sleep=clock.sleep)
+    await _admit(limiter, clock, waiters=300, total=300)
+    _, slots = window_for(100)
+    assert len(clock.sleeps) <= 300 - slots
+
+
+async def test_cancelled_waiter_does_not_block_the_queue(clock: FakeClock) -> None:
+    """A waiter cancelled while it waits for a slot lets the next one through."""
+    hold = asyncio.Event()
+
+    async def sleep(delay: float) -> None:
+        if not hold.is_set():
+            await asyncio.Event().wait()  # the head waits until it is cancelled
+        await clock.sleep(delay)
+
+    limiter = AdaptiveRateLimiter(10, clock=clock, sleep=sleep)
+    for _ in range(window_for(10)[1]):
+        await limiter.acquire()
+    head = asyncio.create_task(limiter.acquire())
+    second = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)
+    head.cancel()
+    hold.set()
+    async with asyncio.timeout(5):
+        await second
+    assert head.cancelled()
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "expected"),
+    [
+        (0, 50),  # halved at the 429
+        (4, 70),  # quick recovery: 5 % of the configured 100 per second...
+        (10, 100),  # ...up to the rate that met the 429 (here the configured one)
+        (100, 100),  # and never above the configured rate
+    ],
+)
+def test_cut_then_linear_recovery(elapsed: float, expected: float) -> None:
+    """A 429 without a stated limit halves the rate, which then regains 5 % a second."""
     clock = FakeClock()
     limiter = AdaptiveRateLimiter(100, clock=clock)
     limiter.on_throttled(_throttled())
-    assert limiter.current_rate == pytest.approx(50)
-    clock.now += 4
-    assert limiter.current_rate == pytest.approx(70)
-    clock.now += 100
-    assert limiter.current_rate == pytest.approx(100)
+    clock.now += elapsed
+    assert limiter.current_rate == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "expected"),
+    [
+        (0, 30),  # halved from the 60 the second 429 came at
+        (3, 45),  # quick: 5 of the configured 100 per second, up to 60...
+        (6, 60),
+        (8, 62),  # ...then a slow probe: 1 per second above it
+        (46, 100),  # up to the configured rate in the end
+    ],
+)
+def test_recovery_slows_down_above_the_last_ceiling(elapsed: float, expected: float) -> None:
+    """Above the rate that last met a 429 the limiter only probes, five times slower."""
+    clock = FakeClock()
+    limiter = AdaptiveRateLimiter(100, clock=clock)
+    limiter.on_throttled(_throttled())  # 100 -> 50
+    clock.now += 2  # back at 60
+    limiter.on_throttled(_throttled())  # 60 -> 30, ceiling 60
+    clock.now += elapsed
+    assert limiter.current_rate == pytest.approx(expected)
 
 
 def test_one_cut_per_cooldown() -> None:
@@ -66,11 +231,33 @@ def test_one_cut_per_cooldown() -> None:
     assert limiter.current_rate == pytest.approx((50 + 7.5) / 2)
 
 
-def test_stated_limit_sets_the_cut() -> None:
-    """When the gateway states its limit the rate drops just below it."""
-    limiter = AdaptiveRateLimiter(400, clock=FakeClock())
-    limiter.on_throttled(_throttled(limit=100))
-    assert limiter.current_rate == pytest.approx(90)
+@pytest.mark.parametrize(
+    ("configured", "stated", "elapsed", "expected"),
+    [
+        (400, 100, 0, 97),  # just below the stated limit at once, not halved
+        (400, 100, 600, 97),  # and never probing above it
+        (50, 100, 0, 25),  # a stated limit above ours: the 429 is not ours to explain; halve
+        (50, 100, 60, 50),  # and recover to the configured rate
+    ],
+)
+def test_stated_limit_caps_the_rate(
+    configured: float, stated: float, elapsed: float, expected: float
+) -> None:
+    """When the gateway states its limit the rate stays just below it for the rest of the run."""
+    clock = FakeClock()
+    limiter = AdaptiveRateLimiter(configured, clock=clock)
+    limiter.on_throttled(_throttled(limit=stated))
+    clock.now += elapsed
+    assert limiter.current_rate == pytest.approx(expected)
+
+
+def test_stated_limit_burst_cuts_once() -> None:
+    """Every in-flight request meeting the same stated limit leaves the rate at the cap."""
+    clock = FakeClock()
+    limiter = AdaptiveRateLimiter(400, clock=clock)
+    for _ in range(32):
+        limiter.on_throttled(_throttled(limit=100))
+    assert limiter.current_rate == pytest.approx(97)
 
 
 def test_floor_keeps_the_run_moving() -> None:
@@ -83,17 +270,20 @@ def test_floor_keeps_the_run_moving() -> None:
     assert limiter.current_rate == pytest.approx(0.5)
 
 
-async def test_retry_after_pauses_every_acquire() -> None:
-    """A Retry-After holds back the next acquire until it has passed."""
-    slept: list[float] = []
-
-    async def record(delay: float) -> None:
-        slept.append(delay)
-
-    clock = FakeClock()
-    limiter = AdaptiveRateLimiter(100, clock=clock, sleep=record)
+async def test_retry_after_pauses_every_acquire(clock: FakeClock) -> None:
+    """A Retry-After holds back the next acquire until it has passed, then no longer."""
+    limiter = AdaptiveRateLimiter(100, clock=clock, sleep=clock.sleep)
     limiter.on_throttled(_throttled(retry_after=0.05))
     await limiter.acquire()
-    clock.now += 0.05
+    assert clock.sleeps == [pytest.approx(0.05)]
     await limiter.acquire()
-    assert slept == [pytest.approx(0.05)]
+    assert clock.sleeps == [pytest.approx(0.05)]
+
+
+async def test_lowered_rate_applies_to_admissions(clock: FakeClock) -> None:
+    """After a cut, admissions follow the lower rate at once (the window is re-derived)."""
+    limiter = AdaptiveRateLimiter(400, clock=clock, sleep=clock.sleep)
+    limiter.on_throttled(_throttled(limit=100))
+    admitted = await _admit(limiter, clock, waiters=32, total=300)
+    times = [moment for moment, _ in admitted]
+    assert _most_in_any_window(times, 1.0) <= 97

@@ -1,9 +1,18 @@
 """A per-target request rate limit that backs off on 429 and recovers gradually.
 
 asyncio-throttle does the admission (a sliding-window log, never over its limit in any
-window). This module decides what that limit is: the configured rate, cut on a 429 and
-grown back additively toward the configured rate (AIMD), so that a server limit below
-ours costs retries, not failed tasks.
+window): one short window spreads each second's budget, one bounds every second. This module
+decides what the limit is and who asks next:
+
+- Waiters queue in FIFO order behind one lock; only the head looks at the windows, and it
+  sleeps until the exact moment a slot frees (read from the throttlers' logs) instead of
+  polling. asyncio-throttle alone wakes every waiter every 10 ms: CPU that grows with the
+  number of waiters, no order among them, and up to 10 ms of lateness per window, which
+  costs 5 % of the rate at 500/s.
+- The limit is the configured rate, cut on a 429 and grown back (AIMD). A 429 that states the
+  gateway's limit caps the rate just below it for the rest of the run: probing above a limit
+  the server has stated only buys more 429s. Without a stated limit, the rate at which the
+  429 came is remembered as a ceiling: recovery is quick up to it and slow above it.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -22,6 +32,14 @@ from worker.oms.errors import Throttled
 # (library notes); a window must still hold a few slots or low rates undershoot badly.
 _MIN_WINDOW = 0.1
 _SLOTS_PER_WINDOW = 5
+# A short window only bounds each second when a second is a whole number of windows (at 97/s,
+# 9 slots per 0.093 s let 99 through in some second), so a second window counts whole seconds.
+# It is held a little longer than a second: admission runs exactly at the rate, and a server
+# counting the same requests on its own clock would otherwise see a full second whenever one
+# request travels a little slower than the one `rate` before it. 10 ms is 1 % of the rate.
+SECOND_GUARD = 0.01
+# The throttler compares with a strict '>': wake just after the oldest entry leaves the window.
+_WAKE_EPSILON = 1e-6
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,14 +47,16 @@ class Backoff:
     """How the limiter reacts to throttling."""
 
     decrease_factor: float = 0.5
-    # Share of the configured rate regained per second without a 429.
+    # Share of the configured rate regained per second, up to the last rate that met a 429.
     recovery_per_second: float = 0.05
+    # Share of the configured rate gained per second above that rate: a slow probe.
+    probe_per_second: float = 0.01
     # Many in-flight requests see the same overload; one cut per cooldown is enough.
     cooldown: float = 1.0
     # Never stall completely: a floor keeps the run moving (and probing).
     min_rate: float = 0.5
-    # When the server states its limit, aim this far below it.
-    stated_limit_margin: float = 0.9
+    # When the server states its limit, stay this far below it (its clock is not ours).
+    stated_limit_margin: float = 0.97
 
 
 def window_for(rate: float) -> tuple[float, int]:
@@ -48,8 +68,52 @@ def window_for(rate: float) -> tuple[float, int]:
     return slots / rate, slots
 
 
+def second_window_for(rate: float) -> tuple[float, int]:
+    """(period seconds, slots) of the window that bounds each second: whole requests only."""
+    if rate <= 0:
+        raise ValueError("rate must be positive")
+    if rate < 1:
+        return 1 / rate, 1
+    return 1.0, math.floor(rate)
+
+
+class _Window:
+    """One asyncio-throttle sliding window, and when it next has a free slot."""
+
+    def __init__(self, period: float, slots: int, *, clock: Callable[[], float]) -> None:
+        self._throttler = Throttler(rate_limit=slots, period=period)
+        self._clock = clock
+        self._period = period
+        self._slots = slots
+
+    def resize(self, period: float, slots: int) -> None:
+        """A new size; admissions already logged keep counting."""
+        self._throttler.rate_limit = self._slots = slots
+        self._throttler.period = self._period = period
+
+    def until_free(self) -> float:
+        """Seconds until a slot is free (0 when one is free now)."""
+        throttler = self._throttler
+        throttler.flush()  # type: ignore[no-untyped-call]
+        # The log of admission times is private to asyncio-throttle 1.0.2 (pinned); reading
+        # it is what turns polling into one exact wake-up.
+        admitted: deque[float] = throttler._task_logs
+        excess = len(admitted) - self._slots
+        if excess < 0:
+            return 0.0
+        return admitted[excess] + self._period - self._clock() + _WAKE_EPSILON
+
+    async def admit(self) -> None:
+        """Record an admission; immediate when `until_free()` just returned 0."""
+        await self._throttler.acquire()  # type: ignore[no-untyped-call]
+
+
 class AdaptiveRateLimiter:
-    """A `RequestGate` for one target: `acquire` before every send."""
+    """A `RequestGate` for one target: `acquire` before every send.
+
+    `clock` must be the throttler's clock (`time.monotonic`) outside tests: the wake-up time is
+    computed from the throttler's log of admission times.
+    """
 
     def __init__(
         self,
@@ -59,34 +123,67 @@ class AdaptiveRateLimiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        if not rate > 0:
+            raise ValueError("rate must be positive")
         self.configured_rate = rate
         self._backoff = backoff or Backoff()
         self._clock = clock
         self._sleep = sleep
         self._floor_rate = rate  # the rate right after the last cut
         self._last_cut: float | None = None
+        # The rate at which the last unexplained 429 came: recovery slows down above it.
+        self._knee: float | None = None
+        # The gateway's stated limit, less the margin: never exceeded once known.
+        self._stated_cap: float | None = None
         self._paused_until = 0.0
+        self._turn = asyncio.Lock()  # FIFO: waiters are served in the order they came
         self.throttled_count = 0
-        period, slots = window_for(rate)
-        self._throttler = Throttler(rate_limit=slots, period=period)
+        self._short = _Window(*window_for(rate), clock=clock)
+        period, slots = second_window_for(rate)
+        self._second = _Window(period + SECOND_GUARD, slots, clock=clock)
         self._applied_rate = rate
 
     @property
     def current_rate(self) -> float:
         """The rate in force now: the configured one, or one recovering from a cut."""
+        cap = self.configured_rate
+        if self._stated_cap is not None:
+            cap = min(cap, self._stated_cap)
         if self._last_cut is None:
-            return self.configured_rate
+            return cap
         elapsed = max(0.0, self._clock() - self._last_cut)
-        regained = self._backoff.recovery_per_second * self.configured_rate * elapsed
-        return min(self.configured_rate, self._floor_rate + regained)
+        fast = self._backoff.recovery_per_second * self.configured_rate
+        slow = self._backoff.probe_per_second * self.configured_rate
+        knee = cap if self._knee is None else min(self._knee, cap)
+        floor = self._floor_rate
+        if floor >= knee:
+            rate = floor + slow * elapsed
+        elif fast <= 0:
+            rate = floor
+        else:
+            to_knee = (knee - floor) / fast
+            if elapsed <= to_knee:
+                rate = floor + fast * elapsed
+            else:
+                rate = knee + slow * (elapsed - to_knee)
+        return min(cap, rate)
 
     async def acquire(self) -> None:
-        """Wait for a slot under the current rate (and past any Retry-After pause)."""
-        wait = self._paused_until - self._clock()
-        if wait > 0:
-            await self._sleep(wait)
-        self._apply(self.current_rate)
-        await self._throttler.acquire()  # type: ignore[no-untyped-call]
+        """Wait for a slot under the current rate (and past any Retry-After pause), in turn."""
+        async with self._turn:
+            while True:
+                paused = self._paused_until - self._clock()
+                if paused > 0:
+                    await self._sleep(paused)
+                    continue  # another 429 may have moved the pause meanwhile
+                self._apply(self.current_rate)
+                wait = max(self._short.until_free(), self._second.until_free())
+                if wait <= 0:
+                    break
+                await self._sleep(wait)
+            # Both have a free slot now, so these record the admission without waiting.
+            await self._short.admit()
+            await self._second.admit()
 
     def on_throttled(self, error: Throttled) -> None:
         """Cut the rate (at most once per cooldown) and honour a Retry-After for everyone."""
@@ -94,22 +191,31 @@ class AdaptiveRateLimiter:
         now = self._clock()
         if error.retry_after:
             self._paused_until = max(self._paused_until, now + error.retry_after)
+        rate = self.current_rate
+        if error.limit_per_second:
+            stated = error.limit_per_second * self._backoff.stated_limit_margin
+            self._stated_cap = max(self._backoff.min_rate, stated)
+            if rate > self._stated_cap:
+                # Over the stated limit: going just below it is the whole fix, no halving.
+                self._cut(self._stated_cap, now)
+                return
         if self._last_cut is not None and now - self._last_cut < self._backoff.cooldown:
             return
-        cut = self.current_rate * self._backoff.decrease_factor
-        if error.limit_per_second:
-            cut = min(cut, error.limit_per_second * self._backoff.stated_limit_margin)
-        self._floor_rate = max(self._backoff.min_rate, min(cut, self.configured_rate))
-        self._last_cut = now
+        self._knee = rate
+        self._cut(rate * self._backoff.decrease_factor, now)
 
     def on_success(self) -> None:
         """Nothing to do: recovery is a function of time since the last cut."""
+
+    def _cut(self, rate: float, now: float) -> None:
+        self._floor_rate = max(self._backoff.min_rate, min(rate, self.configured_rate))
+        self._last_cut = now
 
     def _apply(self, rate: float) -> None:
         # Re-deriving the window on every call would churn; a 2 % change is worth applying.
         if abs(rate - self._applied_rate) <= 0.02 * self._applied_rate:
             return
-        period, slots = window_for(rate)
-        self._throttler.rate_limit = slots
-        self._throttler.period = period
+        self._short.resize(*window_for(rate))
+        period, slots = second_window_for(rate)
+        self._second.resize(period + SECOND_GUARD, slots)
         self._applied_rate = rate
