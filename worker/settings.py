@@ -437,7 +437,10 @@ class RunSettings(BaseSettings):
         for glob in globs:
             if not isinstance(glob, str):
                 raise ValueError(f"expected name patterns (got {glob!r})")  # noqa: TRY004
-        return tuple(glob for glob in globs if glob)
+            if not glob.strip():
+                # `--name-include "$UNSET"` must not silently drop the filter and widen the run.
+                raise ValueError("a name pattern must not be empty")
+        return tuple(globs)
 
     @field_validator("protect_ids", mode="before")
     @classmethod
@@ -458,6 +461,9 @@ class RunSettings(BaseSettings):
     @field_validator("group_id", mode="before")
     @classmethod
     def _parse_group(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            # `--group-id "$UNSET"` must not silently drop the filter and widen the run.
+            raise ValueError("must not be empty (leave it out to select tasks of any group)")
         return _blank_to_none(value)
 
     @field_validator("max_deletions", mode="before")
