@@ -1,0 +1,104 @@
+"""Load: one executing run over 50,000 tasks against the simulator, over real HTTP.
+
+It takes about 15 s on two cores (simulator and tool share this process), so it runs in CI.
+It prints its duration and the process's peak memory; nothing asserts on either, because
+machines differ: it asserts that every outcome is right.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import jsonschema
+import pytest
+from conftest import SimulatorFactory
+from pydantic import SecretStr
+
+from worker import logs
+from worker.oms.auth import AkSk
+from worker.report import load_report, report_schema
+from worker.runner import run_async
+from worker.settings import load_settings
+from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_PROJECT_ID, DEFAULT_SECRET_KEY
+
+TASKS = 50_000
+OLDER_THAN = timedelta(days=7)
+
+
+@pytest.fixture
+def production_logging() -> Iterator[None]:
+    """Info-level JSON lines, as in production, written to nowhere (tens of thousands of them)."""
+    with Path(os.devnull).open("w", encoding="utf-8") as sink:
+        logs.configure(fmt="json", level="info", stream=sink)
+        yield
+    logs.reset()
+
+
+@pytest.mark.usefixtures("production_logging")
+async def test_fifty_thousand_tasks(
+    make_simulator: SimulatorFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """50,000 tasks: listed completely, exactly the eligible ones deleted, the report agrees."""
+    sim = await make_simulator(tasks_per_project=TASKS)
+    now = datetime.now(UTC)
+    raw = sim.state.projects[DEFAULT_PROJECT_ID].tasks
+    expected = set()
+    for task_id, task in raw.items():
+        millis = task.get("start_time") or 0
+        started = datetime.fromtimestamp(millis / 1000, UTC) if millis > 0 else None
+        if task["status"] in (4, 5) and started is not None and now - started >= OLDER_THAN:
+            expected.add(task_id)
+    report = tmp_path / "report.json"
+    settings = load_settings(
+        {
+            "endpoint": sim.url,
+            "project_id": DEFAULT_PROJECT_ID,
+            "older_than": "7d",
+            "rate": "100000",
+            "concurrency": "32",
+            "deadline": "10m",
+            "execute": True,
+            "report": str(report),
+        },
+        environ={},
+    )
+    credentials = AkSk(access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr(DEFAULT_SECRET_KEY))
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started_at = time.monotonic()
+
+    code = await run_async(
+        settings=settings, credentials=credentials, now=lambda: now, handle_signals=False
+    )
+
+    duration = time.monotonic() - started_at
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    written = load_report(report)
+    jsonschema.validate(written, report_schema())
+    truth = sim.state.snapshot()
+    with capsys.disabled():
+        print(
+            f"\nload: {TASKS} tasks listed, {len(expected)} deleted in {duration:.1f} s; "
+            f"peak RSS {peak_kib / 1024:.0f} MiB (simulator included; "
+            f"{rss_before / 1024:.0f} MiB before the run); report "
+            f"{report.stat().st_size / 1e6:.1f} MB"
+        )
+
+    assert code == 0
+    deleted = {record["task_id"] for record in truth["deletions"]}
+    assert deleted == expected
+    assert len(truth["deletions"]) == len(expected)  # none twice
+    assert truth["remaining"][DEFAULT_PROJECT_ID]["total"] == TASKS - len(expected)
+    assert truth["requests"]["list"] == TASKS // 100
+    assert truth["requests"]["delete"] == len(expected)
+    summary = written["summary"]
+    assert summary["listed"] == TASKS
+    assert summary["selected"] == summary["deleted"] == len(expected)
+    assert sum(summary["not_selected"].values()) == TASKS - len(expected)
+    assert Counter(t["outcome"] for t in written["tasks"]) == {"deleted": len(expected)}
+    assert {t["id"] for t in written["tasks"]} == expected
