@@ -11,7 +11,6 @@ endpoint `GET /_sim/state`.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import signal
@@ -183,6 +182,3 @@ async def test_sigterm_at_a_random_moment_leaves_a_true_report(
     assert truth["remaining"][DEFAULT_PROJECT_ID]["total"] == TASKS - len(deleted), context
     if code == 0:
         assert deleted == selectable, context
-    print(
-        json.dumps({"seed": seed, "delay": round(delay, 2), "exit": code, "deleted": len(deleted)})
-    )
