@@ -1,15 +1,17 @@
 """A per-target request rate limit that backs off on 429 and recovers gradually.
 
-asyncio-throttle does the admission (a sliding-window log, never over its limit in any
-window): one short window spreads each second's budget, one bounds every second. This module
-decides what the limit is and who asks next:
+asyncio-throttle does the admission: its sliding-window log bounds every second (never more
+than the rate in any second). In front of it this module paces and orders the requests, and
+decides what the rate is:
 
-- Waiters queue in FIFO order behind one lock; only the head looks at the windows, and it
-  sleeps until the exact moment a slot frees (read from the throttlers' logs) instead of
-  polling. asyncio-throttle alone wakes every waiter every 10 ms: CPU that grows with the
-  number of waiters, no order among them, and up to 10 ms of lateness per window, which
-  costs 5 % of the rate at 500/s.
-- The limit is the configured rate, cut on a 429 and grown back (AIMD). A 429 that states the
+- Waiters queue in FIFO order behind one lock; only the head looks at the clock, and it
+  sleeps until the exact moment it may go instead of polling. asyncio-throttle alone wakes
+  every waiter every 10 ms: CPU that grows with the number of waiters, no order among them,
+  and lateness that a sliding log never gives back (5-7 % of the rate at 500/s).
+- Admissions are spaced evenly (GCRA: each has a due time one interval after the previous
+  one's), so a second's budget does not leave in one burst, and an admission that wakes a
+  little late does not push back all the ones after it.
+- The rate is the configured one, cut on a 429 and grown back (AIMD). A 429 that states the
   gateway's limit caps the rate just below it for the rest of the run: probing above a limit
   the server has stated only buys more 429s. Without a stated limit, the rate at which the
   429 came is remembered as a ceiling: recovery is quick up to it and slow above it.
@@ -28,16 +30,14 @@ from asyncio_throttle.throttler import Throttler
 
 from worker.oms.errors import Throttled
 
-# Short windows spread a second's budget instead of bursting it at the start of each second
-# (library notes); a window must still hold a few slots or low rates undershoot badly.
-_MIN_WINDOW = 0.1
-_SLOTS_PER_WINDOW = 5
-# A short window only bounds each second when a second is a whole number of windows (at 97/s,
-# 9 slots per 0.093 s let 99 through in some second), so a second window counts whole seconds.
-# It is held a little longer than a second: admission runs exactly at the rate, and a server
-# counting the same requests on its own clock would otherwise see a full second whenever one
-# request travels a little slower than the one `rate` before it. 10 ms is 1 % of the rate.
+# The window that bounds each second is held a little longer than a second: admission runs
+# exactly at the rate, and a server counting the same requests on its own clock would otherwise
+# see a full second whenever one request travels a little slower than the one `rate` before it.
+# 10 ms is 1 % of the rate.
 SECOND_GUARD = 0.01
+# How far behind its schedule the pacer may catch up at once (a late wake-up, a short stall);
+# the one-second window still bounds the result.
+CATCH_UP = 0.05
 # The throttler compares with a strict '>': wake just after the oldest entry leaves the window.
 _WAKE_EPSILON = 1e-6
 
@@ -59,15 +59,6 @@ class Backoff:
     stated_limit_margin: float = 0.97
 
 
-def window_for(rate: float) -> tuple[float, int]:
-    """(period seconds, slots) of a sliding window that admits `rate` requests per second."""
-    if rate <= 0:
-        raise ValueError("rate must be positive")
-    period = max(_MIN_WINDOW, _SLOTS_PER_WINDOW / rate)
-    slots = max(1, math.floor(rate * period))
-    return slots / rate, slots
-
-
 def second_window_for(rate: float) -> tuple[float, int]:
     """(period seconds, slots) of the window that bounds each second: whole requests only."""
     if rate <= 0:
@@ -75,6 +66,29 @@ def second_window_for(rate: float) -> tuple[float, int]:
     if rate < 1:
         return 1 / rate, 1
     return 1.0, math.floor(rate)
+
+
+def pace_for(rate: float) -> float:
+    """Seconds between two admissions: the one-second window's budget, spread evenly."""
+    period, slots = second_window_for(rate)
+    return (period + SECOND_GUARD) / slots
+
+
+class _Pacer:
+    """Even spacing by due times (GCRA): lateness up to `catch_up` is made good, not carried."""
+
+    def __init__(self, interval: float, *, catch_up: float) -> None:
+        self.interval = interval
+        self._catch_up = catch_up
+        self._due = -math.inf  # when the next admission is due on schedule
+
+    def until_due(self, now: float) -> float:
+        """Seconds until the next admission may go (0 or less: now)."""
+        return self._due - self._catch_up - now
+
+    def admit(self, now: float) -> None:
+        """Record an admission at `now`."""
+        self._due = max(self._due, now) + self.interval
 
 
 class _Window:
@@ -111,7 +125,7 @@ class _Window:
 class AdaptiveRateLimiter:
     """A `RequestGate` for one target: `acquire` before every send.
 
-    `clock` must be the throttler's clock (`time.monotonic`) outside tests: the wake-up time is
+    `clock` must be the throttler's clock (`time.monotonic`) outside tests: wake-up times are
     computed from the throttler's log of admission times.
     """
 
@@ -138,7 +152,7 @@ class AdaptiveRateLimiter:
         self._paused_until = 0.0
         self._turn = asyncio.Lock()  # FIFO: waiters are served in the order they came
         self.throttled_count = 0
-        self._short = _Window(*window_for(rate), clock=clock)
+        self._pacer = _Pacer(pace_for(rate), catch_up=CATCH_UP)
         period, slots = second_window_for(rate)
         self._second = _Window(period + SECOND_GUARD, slots, clock=clock)
         self._applied_rate = rate
@@ -177,28 +191,39 @@ class AdaptiveRateLimiter:
                     await self._sleep(paused)
                     continue  # another 429 may have moved the pause meanwhile
                 self._apply(self.current_rate)
-                wait = max(self._short.until_free(), self._second.until_free())
+                wait = max(self._pacer.until_due(self._clock()), self._second.until_free())
                 if wait <= 0:
                     break
                 await self._sleep(wait)
-            # Both have a free slot now, so these record the admission without waiting.
-            await self._short.admit()
+            self._pacer.admit(self._clock())
+            # The window has a free slot now, so this records the admission without waiting.
             await self._second.admit()
 
     def on_throttled(self, error: Throttled) -> None:
-        """Cut the rate (at most once per cooldown) and honour a Retry-After for everyone."""
+        """Slow down for a 429: how much depends on what the gateway said its limit is.
+
+        - We sent faster than the stated limit: cap just below it and honour Retry-After for
+          every request (the server's window is full; let it drain).
+        - We sent within the stated limit by our own clock: the requests bunched up on the
+          way. Cap just below the limit; only the throttled request waits (it retries after
+          its Retry-After), the others go on.
+        - No stated limit, or already below it: cut multiplicatively (once per cooldown)
+          and honour Retry-After for everyone.
+        """
         self.throttled_count += 1
         now = self._clock()
-        if error.retry_after:
-            self._paused_until = max(self._paused_until, now + error.retry_after)
         rate = self.current_rate
-        if error.limit_per_second:
-            stated = error.limit_per_second * self._backoff.stated_limit_margin
-            self._stated_cap = max(self._backoff.min_rate, stated)
+        limit = error.limit_per_second
+        if limit:
+            self._stated_cap = max(
+                self._backoff.min_rate, limit * self._backoff.stated_limit_margin
+            )
             if rate > self._stated_cap:
-                # Over the stated limit: going just below it is the whole fix, no halving.
+                if rate > limit:
+                    self._pause(error, now)
                 self._cut(self._stated_cap, now)
                 return
+        self._pause(error, now)
         if self._last_cut is not None and now - self._last_cut < self._backoff.cooldown:
             return
         self._knee = rate
@@ -206,6 +231,10 @@ class AdaptiveRateLimiter:
 
     def on_success(self) -> None:
         """Nothing to do: recovery is a function of time since the last cut."""
+
+    def _pause(self, error: Throttled, now: float) -> None:
+        if error.retry_after:
+            self._paused_until = max(self._paused_until, now + error.retry_after)
 
     def _cut(self, rate: float, now: float) -> None:
         self._floor_rate = max(self._backoff.min_rate, min(rate, self.configured_rate))
@@ -215,7 +244,7 @@ class AdaptiveRateLimiter:
         # Re-deriving the window on every call would churn; a 2 % change is worth applying.
         if abs(rate - self._applied_rate) <= 0.02 * self._applied_rate:
             return
-        self._short.resize(*window_for(rate))
+        self._pacer.interval = pace_for(rate)
         period, slots = second_window_for(rate)
         self._second.resize(period + SECOND_GUARD, slots)
         self._applied_rate = rate

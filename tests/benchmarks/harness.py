@@ -163,17 +163,6 @@ class Truth:
             return 0.0
         return (len(times) - 1) / (times[-1] - times[0])
 
-    @property
-    def max_deletions_in_any_second(self) -> int:
-        """The most deletions the server applied within any 1 s sliding window."""
-        times = self.deletion_times
-        best, start = 0, 0
-        for end, moment in enumerate(times):
-            while moment - times[start] >= 1.0:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
-
 
 class _Discard(io.StringIO):
     """A text stream that drops what it is given (the rendering cost stays in the figures)."""
