@@ -256,7 +256,15 @@ async def _list_and_select(
         )
 
     async def every_target() -> None:
-        await asyncio.gather(*(one(run) for run in runs))
+        listings = [asyncio.create_task(one(run)) for run in runs]
+        try:
+            await asyncio.gather(*listings)
+        finally:
+            # gather leaves the siblings of a failed listing running: they would go on
+            # paging (and retrying on closed sessions) after the run has ended.
+            for listing in listings:
+                listing.cancel()
+            await asyncio.gather(*listings, return_exceptions=True)
 
     async def stop_requested() -> None:
         await shutdown.requested.wait()
