@@ -337,6 +337,34 @@ async def test_deadline_before_tasks_stop_reports_still_running(
     assert run.report["summary"]["still_running"] == len(migrating)
 
 
+async def test_deadline_stops_new_requests(
+    make_simulator: SimulatorFactory, tmp_path: Path, now: datetime
+) -> None:
+    """At the deadline no new delete starts: the rest is not_attempted, the report says why."""
+    sim = await make_simulator(tasks_per_project=60, faults=FaultConfig(latency_ms=50))
+    expected = eligible(population(sim), now=now, older_than=timedelta(days=1))
+    began = datetime.now(UTC)
+
+    # 20/s for 40-odd deletes needs two seconds or more; the deadline comes after one.
+    run = await run_against(
+        sim, tmp_path, now=now, older_than="1d", execute=True, rate="20", deadline="1s"
+    )
+
+    assert run.exit_code == 1
+    assert run.report["summary"]["deadline_reached"] is True
+    assert run.report["interrupted"] is None
+    deleted = run.outcomes("deleted")
+    assert deleted == run.deleted_by_simulator
+    assert run.outcomes("not_attempted") == expected - deleted
+    assert deleted, "nothing was deleted before the deadline"
+    assert expected - deleted, "everything was deleted before the deadline"
+    # In-flight deletes may finish after the deadline; none may start after it. The bound
+    # allows one request's latency and generous scheduling slack, far below the ~2 s the
+    # whole selection would take.
+    last = max(datetime.fromisoformat(d["at"]) for d in run.truth["deletions"])
+    assert last <= began + timedelta(seconds=1.8)
+
+
 # ------------------------------------------------------------------------------------------
 # Throttling, safety limits, tasks that cannot be judged
 
