@@ -40,9 +40,12 @@ from worker.simulator.config import (
 from worker.simulator.faults import FaultConfig
 from worker.simulator.population import PopulationConfig
 from worker.simulator.server import SimulatorHandle
+from worker.simulator.state import FAILED, PAUSED, PAUSING, SUCCEEDED
+from worker.simulator.state import RUNNING as MIGRATING
 
 CREDENTIALS = AkSk(access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr(DEFAULT_SECRET_KEY))
-SUCCEEDED, FAILED, PAUSED, MIGRATING, PAUSING, UNKNOWN = 5, 4, 3, 2, 7, 9
+# A status code the API reference does not know (the population's stand-in is 9).
+UNKNOWN = 9
 FINISHED = frozenset({SUCCEEDED, FAILED})
 SECOND_PROJECT = "fedcba9876543210fedcba9876543210"
 # Fast enough that no test waits on our own limiter unless it means to.

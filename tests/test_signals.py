@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 from conftest import SimulatorFactory
+from test_runner import validated
 
-from worker.report import load_report, report_schema
 from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_PROJECT_ID, DEFAULT_SECRET_KEY
 from worker.simulator.faults import FaultConfig
 from worker.simulator.population import PopulationConfig
@@ -121,13 +120,6 @@ async def cleanup_process(
             await process.wait()
         with suppress(asyncio.CancelledError):
             await asyncio.wait_for(reader, timeout=PATIENCE)
-
-
-def validated(path: Path) -> dict[str, Any]:
-    """The report at `path`, checked against the published schema."""
-    report = load_report(path)
-    jsonschema.validate(report, report_schema())
-    return report
 
 
 @pytest.mark.parametrize(
