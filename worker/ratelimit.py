@@ -30,14 +30,13 @@ from asyncio_throttle.throttler import Throttler
 
 from worker.oms.errors import Throttled
 
-# The window that bounds each second is held a little longer than a second: admission runs
-# exactly at the rate, and a server counting the same requests on its own clock would otherwise
-# see a full second whenever one request travels a little slower than the one `rate` before it.
-# 10 ms is 1 % of the rate.
-SECOND_GUARD = 0.01
-# How far behind its schedule the pacer may catch up at once (a late wake-up, a short stall);
-# the one-second window still bounds the result.
-CATCH_UP = 0.05
+# Requests are paced as if each second were this much longer: at exactly the rate, a server
+# counting the same requests on its own clock would see a full second whenever one request
+# travels a little slower than the one `rate` before it. 10 ms is 1 % of the rate.
+PACE_GUARD = 0.01
+# How far behind its schedule a queue of requests may catch up (a late wake-up, a short
+# stall); the one-second window still bounds the result.
+CATCH_UP = 0.02
 # The throttler compares with a strict '>': wake just after the oldest entry leaves the window.
 _WAKE_EPSILON = 1e-6
 
@@ -55,8 +54,10 @@ class Backoff:
     cooldown: float = 1.0
     # Never stall completely: a floor keeps the run moving (and probing).
     min_rate: float = 0.5
-    # When the server states its limit, stay this far below it (its clock is not ours).
+    # When we exceeded the limit the server states, stay this far below it.
     stated_limit_margin: float = 0.97
+    # Throttled at the stated limit though within it by our clock: slow down this much.
+    bunching_step: float = 0.01
 
 
 def second_window_for(rate: float) -> tuple[float, int]:
@@ -71,11 +72,16 @@ def second_window_for(rate: float) -> tuple[float, int]:
 def pace_for(rate: float) -> float:
     """Seconds between two admissions: the one-second window's budget, spread evenly."""
     period, slots = second_window_for(rate)
-    return (period + SECOND_GUARD) / slots
+    return (period + PACE_GUARD) / slots
 
 
 class _Pacer:
-    """Even spacing by due times (GCRA): lateness up to `catch_up` is made good, not carried."""
+    """Even spacing by due times (GCRA-like).
+
+    While requests queue, the schedule is kept: an admission that went up to `catch_up` late
+    does not push back the ones after it, which go early until the schedule is met again.
+    A request that finds nobody waiting starts a new schedule: idle time earns no burst.
+    """
 
     def __init__(self, interval: float, *, catch_up: float) -> None:
         self.interval = interval
@@ -84,11 +90,12 @@ class _Pacer:
 
     def until_due(self, now: float) -> float:
         """Seconds until the next admission may go (0 or less: now)."""
-        return self._due - self._catch_up - now
+        return self._due - now
 
-    def admit(self, now: float) -> None:
-        """Record an admission at `now`."""
-        self._due = max(self._due, now) + self.interval
+    def admit(self, now: float, *, backlog: bool) -> None:
+        """Record an admission at `now`; `backlog` when it had to wait for it."""
+        credit = self._catch_up if backlog else 0.0
+        self._due = max(self._due, now - credit) + self.interval
 
 
 class _Window:
@@ -151,10 +158,11 @@ class AdaptiveRateLimiter:
         self._stated_cap: float | None = None
         self._paused_until = 0.0
         self._turn = asyncio.Lock()  # FIFO: waiters are served in the order they came
+        self._inside = 0  # coroutines in acquire(), admitted or queued
         self.throttled_count = 0
         self._pacer = _Pacer(pace_for(rate), catch_up=CATCH_UP)
         period, slots = second_window_for(rate)
-        self._second = _Window(period + SECOND_GUARD, slots, clock=clock)
+        self._second = _Window(period, slots, clock=clock)
         self._applied_rate = rate
 
     @property
@@ -184,47 +192,61 @@ class AdaptiveRateLimiter:
 
     async def acquire(self) -> None:
         """Wait for a slot under the current rate (and past any Retry-After pause), in turn."""
-        async with self._turn:
-            while True:
-                paused = self._paused_until - self._clock()
-                if paused > 0:
-                    await self._sleep(paused)
-                    continue  # another 429 may have moved the pause meanwhile
-                self._apply(self.current_rate)
-                wait = max(self._pacer.until_due(self._clock()), self._second.until_free())
-                if wait <= 0:
-                    break
-                await self._sleep(wait)
-            self._pacer.admit(self._clock())
-            # The window has a free slot now, so this records the admission without waiting.
-            await self._second.admit()
+        # Someone ahead (admitted or queued): this one is part of a queue, not after a lull.
+        backlog = self._inside > 0
+        self._inside += 1
+        try:
+            async with self._turn:
+                while True:
+                    paused = self._paused_until - self._clock()
+                    if paused > 0:
+                        await self._sleep(paused)
+                        continue  # another 429 may have moved the pause meanwhile
+                    self._apply(self.current_rate)
+                    wait = max(self._pacer.until_due(self._clock()), self._second.until_free())
+                    if wait <= 0:
+                        break
+                    await self._sleep(wait)
+                    backlog = True
+                self._pacer.admit(self._clock(), backlog=backlog)
+                # The window has a free slot now, so this records the admission at once.
+                await self._second.admit()
+        finally:
+            self._inside -= 1
 
     def on_throttled(self, error: Throttled) -> None:
         """Slow down for a 429: how much depends on what the gateway said its limit is.
 
-        - We sent faster than the stated limit: cap just below it and honour Retry-After for
-          every request (the server's window is full; let it drain).
-        - We sent within the stated limit by our own clock: the requests bunched up on the
-          way. Cap just below the limit; only the throttled request waits (it retries after
-          its Retry-After), the others go on.
-        - No stated limit, or already below it: cut multiplicatively (once per cooldown)
-          and honour Retry-After for everyone.
+        - We sent faster than the stated limit: cap a margin below it and honour Retry-After
+          for every request (the server's window is full; let it drain).
+        - We sent at the stated limit (within the margin) by our own clock: the requests
+          bunched up on the way. Cap 1 % lower per such 429 (once per cooldown); only the
+          throttled request waits (it retries after its Retry-After), the others go on.
+        - No stated limit, or well below it: cut multiplicatively (once per cooldown) and
+          honour Retry-After for everyone.
         """
         self.throttled_count += 1
         now = self._clock()
         rate = self.current_rate
+        cooling = self._last_cut is not None and now - self._last_cut < self._backoff.cooldown
         limit = error.limit_per_second
         if limit:
-            self._stated_cap = max(
-                self._backoff.min_rate, limit * self._backoff.stated_limit_margin
-            )
-            if rate > self._stated_cap:
-                if rate > limit:
-                    self._pause(error, now)
-                self._cut(self._stated_cap, now)
+            below = max(self._backoff.min_rate, limit * self._backoff.stated_limit_margin)
+            if rate > limit:
+                self._stated_cap = below
+                self._pause(error, now)
+                self._cut(below, now)
                 return
+            if rate >= below:
+                if not cooling:
+                    self._stated_cap = max(
+                        self._backoff.min_rate, rate * (1 - self._backoff.bunching_step)
+                    )
+                    self._cut(self._stated_cap, now)
+                return
+            self._stated_cap = min(limit, self._stated_cap or limit)
         self._pause(error, now)
-        if self._last_cut is not None and now - self._last_cut < self._backoff.cooldown:
+        if cooling:
             return
         self._knee = rate
         self._cut(rate * self._backoff.decrease_factor, now)
@@ -246,5 +268,5 @@ class AdaptiveRateLimiter:
             return
         self._pacer.interval = pace_for(rate)
         period, slots = second_window_for(rate)
-        self._second.resize(period + SECOND_GUARD, slots)
+        self._second.resize(period, slots)
         self._applied_rate = rate
