@@ -21,11 +21,12 @@ from datetime import UTC, datetime
 import structlog
 
 from worker import logs, metrics
-from worker.listing import IncompleteListing, list_all
+from worker.listing import IncompleteListing, Listing, can_list_by_state, list_all, list_states
 from worker.oms.auth import Credentials
 from worker.oms.client import ClientConfig, OmsClient
 from worker.oms.endpoint import resolve_endpoint
 from worker.oms.errors import ErrorInfo, OmsError
+from worker.oms.models import TaskStatus
 from worker.oms.retry import RetryPolicy
 from worker.outcomes import Outcome
 from worker.policy import Policy, select
@@ -64,6 +65,9 @@ class _TargetRun:
     client: OmsClient
     limiter: AdaptiveRateLimiter
     listed: int = 0
+    # Tasks of the target in any state; more than `listed` when only some states were listed.
+    total: int = 0
+    listed_states: frozenset[TaskStatus] | None = None
     not_selected: Counter[str] = field(default_factory=Counter)
     jobs: list[Job] = field(default_factory=list)
     error: ErrorInfo | None = None
@@ -101,8 +105,14 @@ async def run_async(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     handle_signals: bool = True,
     rng: random.Random | None = None,
+    list_by_status: bool = False,
 ) -> int:
-    """The run itself, for callers that already have a loop (the demo, tests)."""
+    """The run itself, for callers that already have a loop (the demo, tests).
+
+    `list_by_status` lists only the states the policy can select (see `listing.list_states`):
+    `listed` and `not_selected` then cover those states only, which the report's settings
+    note, and `--max-deletions` percentages are taken of every task of the targets.
+    """
     shutdown = shutdown or Shutdown()
     run_id = uuid.uuid4().hex
     started_at = now()
@@ -132,7 +142,13 @@ async def run_async(
             stack.callback(timer.cancel)
             stack.callback(line.close)
             try:
-                await _list_and_select(runs, settings=settings, now=now(), shutdown=shutdown)
+                await _list_and_select(
+                    runs,
+                    settings=settings,
+                    now=now(),
+                    shutdown=shutdown,
+                    list_by_status=list_by_status,
+                )
                 progress.listed = sum(r.listed for r in runs)
                 progress.selected = sum(len(r.jobs) for r in runs)
                 _guard(runs, settings=settings)
@@ -179,7 +195,7 @@ async def run_async(
             dry_run=dry_run,
             exit_code=exit_code,
             interrupted=shutdown.signal,
-            settings=masked_settings(settings, credentials=credentials),
+            settings=_report_settings(settings, credentials=credentials, runs=runs),
             targets=[r.summary() for r in runs],
             records=[_record(job) for r in runs for job in r.jobs],
             deadline_reached=deadline_reached,
@@ -226,21 +242,37 @@ async def _open_target(
 
 
 async def _list_and_select(
-    runs: list[_TargetRun], *, settings: RunSettings, now: datetime, shutdown: Shutdown
+    runs: list[_TargetRun],
+    *,
+    settings: RunSettings,
+    now: datetime,
+    shutdown: Shutdown,
+    list_by_status: bool = False,
 ) -> None:
     """List every target (concurrently) and select; any failure aborts before deleting."""
     policy = Policy.from_settings(settings)
+    # Tasks in other states can never be selected, so they need not be listed.
+    by_status = list_by_status and can_list_by_state(policy.states)
 
     async def one(run: _TargetRun) -> None:
         logs.bind_target(run.label)
+        listing: Listing
         try:
-            listing = await list_all(run.client, group_id=settings.group_id)
+            if by_status:
+                listing = await list_states(
+                    run.client, states=policy.states, group_id=settings.group_id
+                )
+            else:
+                listing = await list_all(run.client, group_id=settings.group_id)
         except OmsError as error:
             run.error = error.info
             raise _Abort(EXIT_FATAL, f"listing {run.label} failed: {error}") from error
         except IncompleteListing as error:
             raise _Abort(EXIT_FATAL, f"listing {run.label} is incomplete: {error}") from error
         run.listed = len(listing.tasks)
+        run.listed_states = listing.states
+        # Unfiltered, the distinct tasks seen are the base (as many as reported, or more).
+        run.total = run.listed if listing.states is None else listing.total
         for task in listing.tasks:
             reason = select(task, policy=policy, now=now)
             if reason is None:
@@ -250,6 +282,10 @@ async def _list_and_select(
         log.info(
             "target_listed",
             listed=run.listed,
+            total=run.total,
+            listed_states=None
+            if listing.states is None
+            else sorted(state.label for state in listing.states),
             pages=listing.pages,
             selected=len(run.jobs),
             not_selected=dict(run.not_selected),
@@ -322,7 +358,7 @@ def _guard(runs: list[_TargetRun], *, settings: RunSettings) -> None:
     """`--max-deletions`: refuse the whole run when more are selected than allowed."""
     if settings.max_deletions is None:
         return
-    listed = sum(r.listed for r in runs)
+    listed = sum(r.total for r in runs)
     selected = sum(len(r.jobs) for r in runs)
     limit = settings.max_deletions.limit(listed)
     if selected > limit:
@@ -385,6 +421,23 @@ async def _delete(
 
     await asyncio.gather(*(one(r, s) for r, s in zip(runs, schedulers, strict=True)))
     return next((s.fatal for s in schedulers if s.fatal is not None), None)
+
+
+def _report_settings(
+    settings: RunSettings, *, credentials: Credentials, runs: list[_TargetRun]
+) -> dict[str, object]:
+    """The masked settings, plus a note when only some states were listed."""
+    shown: dict[str, object] = dict(masked_settings(settings, credentials=credentials))
+    filtered = [run for run in runs if run.listed_states is not None]
+    if filtered:
+        states = sorted({state.label for run in filtered for state in run.listed_states or ()})
+        shown["listing"] = {
+            "by_status": states,
+            "tasks_in_targets": sum(run.total for run in runs),
+            "note": "only tasks in these states were listed: listed and not_selected count "
+            "those; --max-deletions percentages are of tasks_in_targets",
+        }
+    return shown
 
 
 def _exit_code(jobs: list[Job], *, shutdown: Shutdown, fatal: OmsError | None) -> int:
