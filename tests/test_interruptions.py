@@ -95,15 +95,15 @@ async def interrupted_run(sim: SimulatorHandle, report: Path, delay: float) -> t
         str(report),
         env=env,
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     started = asyncio.Event()
 
     async def drain() -> None:
         # Read every log line: a full pipe would block the process, not the test.
-        assert process.stderr is not None
-        async for line in process.stderr:
+        assert process.stdout is not None
+        async for line in process.stdout:
             if not started.is_set() and b'"run_started"' in line:
                 started.set()
 

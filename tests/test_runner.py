@@ -479,13 +479,13 @@ def cli_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator
     logs.reset()
 
 
-async def cli(*argv: str) -> tuple[int, str]:
-    """`oms-cleanup <argv>` in a worker thread (it runs its own event loop); (code, stderr)."""
-    stderr = io.StringIO()
+async def cli(*argv: str) -> tuple[int, str, str]:
+    """`oms-cleanup <argv>` in a worker thread (it runs its own event loop); (code, out, err)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
     code = await asyncio.to_thread(
-        run_cli, list(argv), stdin=io.StringIO(), stdout=io.StringIO(), stderr=stderr
+        run_cli, list(argv), stdin=io.StringIO(), stdout=stdout, stderr=stderr
     )
-    return code, stderr.getvalue()
+    return code, stdout.getvalue(), stderr.getvalue()
 
 
 @pytest.mark.usefixtures("cli_environment")
@@ -506,7 +506,7 @@ async def test_several_targets_in_one_report(
     )
     judged_at = datetime.now(UTC)
 
-    code, log_text = await cli("run", "--config", str(config), "--report", "r.json")
+    code, log_text, _ = await cli("run", "--config", str(config), "--report", "r.json")
 
     assert code == 0, log_text
     report = validated(tmp_path / "r.json")
@@ -559,7 +559,7 @@ async def test_configuration_error_sends_nothing(
         monkeypatch.delenv(unset)
     argv = ["run", "--endpoint", sim.url, "--project-id", DEFAULT_PROJECT_ID, "--older-than", "1d"]
 
-    code, err = await cli(*argv, "--execute", *extra)
+    code, _, err = await cli(*argv, "--execute", *extra)
 
     assert code == 2
     assert err.startswith("oms-cleanup: error: ")

@@ -206,12 +206,12 @@ async def test_run_at_debug_level_shows_no_secret(
     if credentials != "iam-token":
         assert signatures.values, "no request was signed: the test proves nothing"
     # The logs did talk: a silent run would hide nothing by accident.
-    assert "run_finished" in err
+    assert "run_finished" in out  # the events go to stdout
     assert_no_secret(out, signatures, where="stdout")
     assert_no_secret(err, signatures, where="stderr")
     assert_no_secret(report.read_text(encoding="utf-8"), signatures, where="the report")
     if exit_code == 4:
-        assert "APIG.0301" in err + report.read_text(encoding="utf-8")
+        assert "APIG.0301" in out + report.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("credentials", sorted(ENVIRONMENTS))

@@ -1,7 +1,7 @@
 """A real `python -m worker run --execute` process, stopped mid-deletion by a real signal.
 
 The simulator runs in the test's own event loop, so its record (`state`) is the truth the
-interrupted run's report is held against. The command line sends its JSON log lines to stderr;
+interrupted run's report is held against. The command line sends its JSON log lines to stdout;
 the test reads them as they come, which also shows that outcomes are logged while running.
 """
 
@@ -106,12 +106,12 @@ async def cleanup_process(
         env=env,
         cwd=report.parent,
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
-    assert process.stderr is not None
+    assert process.stdout is not None
     run = RunProcess(process)
-    reader = asyncio.create_task(_read_events(process.stderr, run))
+    reader = asyncio.create_task(_read_events(process.stdout, run))
     try:
         yield run
     finally:

@@ -234,7 +234,7 @@ def _validate(args: argparse.Namespace, *, stdout: TextIO) -> int:
     return EXIT_OK
 
 
-def _run(args: argparse.Namespace, *, stdin: TextIO, stderr: TextIO) -> int:
+def _run(args: argparse.Namespace, *, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     settings, credentials = _load(args)
     # Imported here so that `validate` and argument errors stay fast and independent of it.
     from worker import logs, runner
@@ -244,10 +244,12 @@ def _run(args: argparse.Namespace, *, stdin: TextIO, stderr: TextIO) -> int:
     else:
         secrets = [credentials.token]
     logs.register_secrets(secret.get_secret_value() for secret in secrets if secret is not None)
+    # Events go to stdout, the stream a scheduler collects; stderr keeps the progress line,
+    # the confirmation prompt and one-line errors.
     logs.configure(
-        fmt=settings.log_format or logs.default_format(stderr),
+        fmt=settings.log_format or logs.default_format(stdout),
         level=settings.log_level,
-        stream=stderr,
+        stream=stdout,
     )
     confirm = build_confirm(settings, stdin=stdin, stderr=stderr)
     return runner.run(settings=settings, credentials=credentials, confirm=confirm)
@@ -305,7 +307,7 @@ def run_cli(
         if args.command == "validate":
             return _validate(args, stdout=stdout)
         if args.command == "run":
-            return _run(args, stdin=stdin, stderr=stderr)
+            return _run(args, stdin=stdin, stdout=stdout, stderr=stderr)
         if args.command == "merge-reports":
             return _merge_reports(args, stdout=stdout)
         return _demo()
