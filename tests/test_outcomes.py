@@ -55,7 +55,6 @@ def _decide(
         (MalformedResponse(INFO), Finish(Outcome.FAILED)),
         (ServerError(INFO), Finish(Outcome.FAILED)),
         (TransportError(INFO), Finish(Outcome.FAILED)),
-        (Throttled(INFO), Finish(Outcome.FAILED)),
     ],
 )
 def test_final_answers(error: OmsError, expected: Finish) -> None:
@@ -105,3 +104,27 @@ def test_requeue_delay_grows_and_is_capped(attempt: int, low: float, high: float
     delays = [requeue_delay(attempt, base=10.0, rng=random.Random(seed)) for seed in range(50)]
     assert all(low <= d <= high for d in delays)
     assert len(set(delays)) > 1
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "attempt", "deadline", "expected"),
+    [
+        (7.0, 1, 1e9, Requeue(7.0)),  # the gateway's Retry-After wins
+        (None, 5, 1e9, Finish(Outcome.FAILED)),  # attempts used up
+        (7.0, 1, 5.0, Finish(Outcome.FAILED)),  # would come back after the deadline
+    ],
+)
+def test_throttled_after_client_retries(
+    retry_after: float | None, attempt: int, deadline: float, expected: Action
+) -> None:
+    """A 429 left after the client's retries requeues the task, within attempts and time."""
+    info = ErrorInfo(method="DELETE", path="/v2/p/tasks/1", http_status=429)
+    error = Throttled(info, retry_after=retry_after)
+    assert _decide(error, attempt=attempt, deadline=deadline) == expected
+
+
+def test_throttled_without_retry_after_uses_the_requeue_delay() -> None:
+    """Without Retry-After the requeue delay is the jittered growing one."""
+    action = _decide(Throttled(INFO), attempt=1)
+    assert isinstance(action, Requeue)
+    assert 5.0 <= action.delay <= 10.0

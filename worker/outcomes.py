@@ -16,6 +16,7 @@ from worker.oms.errors import (
     PermissionDenied,
     TaskNotFound,
     TaskRunning,
+    Throttled,
 )
 
 # Growing delays for a task that is still running; past this they stop growing.
@@ -88,5 +89,12 @@ def decide(
         if now + delay >= deadline:
             return Finish(Outcome.STILL_RUNNING)
         return Requeue(delay)
+    if isinstance(error, Throttled):
+        # Still throttled after the client's retries: the target's limiter has slowed down by
+        # now, so the task goes back in line instead of failing for the server's busy minute.
+        if attempt >= max_attempts:
+            return Finish(Outcome.FAILED)
+        delay = error.retry_after or requeue_delay(attempt, base=requeue_base, rng=rng)
+        return Finish(Outcome.FAILED) if now + delay >= deadline else Requeue(delay)
     # The client has already retried what is transient; what reaches here stays failed.
     return Finish(Outcome.FAILED)
