@@ -215,7 +215,9 @@ def run_flags(
     }
 
 
-async def run_worker(flags: dict[str, Any], *, log_level: str = "info") -> RunResult:
+async def run_worker(
+    flags: dict[str, Any], *, log_level: str = "info", list_by_status: bool = False
+) -> RunResult:
     """A run in this process; log lines are rendered at `log_level`, then dropped."""
     settings = load_settings(flags, environ={})
     logs.configure(fmt="json", level=log_level, stream=_Discard())
