@@ -224,7 +224,10 @@ async def run_worker(
     try:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         exit_code = await run_async(
-            settings=settings, credentials=CREDENTIALS, handle_signals=False
+            settings=settings,
+            credentials=CREDENTIALS,
+            handle_signals=False,
+            list_by_status=list_by_status,
         )
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     finally:

@@ -46,6 +46,7 @@ async def test_requests_saved_by_listing_by_status(tmp_path: Path) -> None:
             "selected": len(selected[by_status]),
         }
     assert selected[True] == selected[False]
+    assert figures["by_status"]["listed"] < figures["full"]["listed"]
     full, by = figures["full"]["list_requests"], figures["by_status"]["list_requests"]
     emit(
         "listing_by_status",
