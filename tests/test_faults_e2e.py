@@ -15,15 +15,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 from conftest import SimulatorFactory
+from expectations import eligible, validated
 from pydantic import SecretStr
 
 from worker import runner
 from worker.oms.auth import AkSk, Credentials, IamToken
 from worker.oms.retry import RetryPolicy
-from worker.report import load_report, report_schema
 from worker.runner import run_async
 from worker.settings import load_settings
 from worker.simulator.config import (
@@ -38,7 +37,6 @@ from worker.simulator.server import SimulatorHandle
 
 CREDENTIALS = AkSk(access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr(DEFAULT_SECRET_KEY))
 SECOND_PROJECT = "fedcba9876543210fedcba9876543210"
-FINISHED = frozenset({4, 5})
 OLDER_THAN = timedelta(days=1)
 
 
@@ -66,17 +64,9 @@ class Finished:
         return sum(int(count) for count in counts)
 
 
-def eligible(
-    sim: SimulatorHandle, *, now: datetime, project_id: str = DEFAULT_PROJECT_ID
-) -> set[int]:
-    """Finished tasks that started at least OLDER_THAN before `now`, from the raw objects."""
-    chosen = set()
-    for task_id, task in sim.state.projects[project_id].tasks.items():
-        millis = task.get("start_time") or 0
-        started = datetime.fromtimestamp(millis / 1000, UTC) if millis > 0 else None
-        if task["status"] in FINISHED and started is not None and now - started >= OLDER_THAN:
-            chosen.add(task_id)
-    return chosen
+def expected_selection(sim: SimulatorHandle, *, now: datetime) -> set[int]:
+    """Finished tasks of the default project that started at least OLDER_THAN before `now`."""
+    return eligible(sim.state.projects[DEFAULT_PROJECT_ID].tasks, now=now, older_than=OLDER_THAN)
 
 
 async def run_against(
@@ -106,9 +96,7 @@ async def run_against(
         now=lambda: now,
         handle_signals=False,
     )
-    written = load_report(report)
-    jsonschema.validate(written, report_schema())
-    return Finished(exit_code=code, report=written, truth=sim.state.snapshot())
+    return Finished(exit_code=code, report=validated(report), truth=sim.state.snapshot())
 
 
 @pytest.fixture
@@ -147,7 +135,7 @@ async def test_429_storm_costs_time_not_tasks(
     sim = await make_simulator(
         tasks_per_project=30, faults=FaultConfig(rate_limit=10, retry_after=retry_after)
     )
-    expected = eligible(sim, now=now)
+    expected = expected_selection(sim, now=now)
 
     run = await run_against(sim, tmp_path, now=now)
 
@@ -167,7 +155,7 @@ async def test_server_errors_and_dropped_connections(
         tasks_per_project=150,
         faults=FaultConfig(error_rate=0.05, drop_rate=0.02, drop_after_processing=after_processing),
     )
-    expected = eligible(sim, now=now)
+    expected = expected_selection(sim, now=now)
 
     run = await run_against(sim, tmp_path, now=now)
 
@@ -193,7 +181,7 @@ async def test_answers_slower_than_the_request_timeout(
     sim = await make_simulator(
         tasks_per_project=60, faults=FaultConfig(slow_rate=0.1, slow_seconds=slow_seconds)
     )
-    expected = eligible(sim, now=now)
+    expected = expected_selection(sim, now=now)
 
     run = await run_against(sim, tmp_path, now=now, request_timeout="0.2")
     # A timed-out request still runs to its end on the server: let the late ones land.
@@ -250,7 +238,7 @@ async def test_malformed_listing_deletes_nothing(
 ) -> None:
     """A broken page after a sound one: exit 4, zero deletes, the report names the answer."""
     sim = await make_simulator(tasks_per_project=250)
-    assert eligible(sim, now=now), "population too small for this test"
+    assert expected_selection(sim, now=now), "population too small for this test"
 
     run = await run_against(sim, tmp_path, now=now)
 
@@ -327,7 +315,7 @@ async def test_token_expiring_mid_deletion_with_requests_in_flight(
     """Expiry with 8 deletes in flight: those may be refused too, nothing new starts after."""
     concurrency = 8
     sim = await make_simulator(tasks_per_project=80, faults=FaultConfig(token_expires_after=12))
-    expected = eligible(sim, now=now)
+    expected = expected_selection(sim, now=now)
     assert len(expected) > 20, "population too small for this test"
 
     run = await run_against(
@@ -390,8 +378,7 @@ async def test_auth_failure_sends_at_most_one_request_per_target(
         truth = sim.state.snapshot()
         assert sum(truth["requests"].values()) == 0
         assert sum(truth["rejected"].values()) == truth["rejected"]["auth"] <= 1
-    written = load_report(report)
-    jsonschema.validate(written, report_schema())
+    written = validated(report)
     assert written["exit_code"] == 4
     assert written["tasks"] == []
     errors = [t["error"] for t in written["summary"]["targets"] if t["error"] is not None]

@@ -15,17 +15,15 @@ import os
 import random
 import signal
 import sys
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import jsonschema
 import pytest
 from conftest import SimulatorFactory
+from expectations import eligible, validated
 
-from worker.report import load_report, report_schema
 from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_PROJECT_ID, DEFAULT_SECRET_KEY
 from worker.simulator.faults import FaultConfig
 from worker.simulator.server import SimulatorHandle
@@ -38,17 +36,6 @@ PATIENCE = 60.0
 # window per case, so that over the cases the signal lands while listing, while deleting, and
 # around the end of the run.
 SIGNAL_WINDOWS = ((0.0, 0.08), (0.1, 1.6), (0.1, 1.6), (0.1, 1.6), (1.4, 2.2))
-
-
-def eligible(raw: Mapping[int, Mapping[str, Any]], *, now: datetime) -> set[int]:
-    """Finished tasks that started at least a day before `now`."""
-    chosen = set()
-    for task_id, task in raw.items():
-        millis = task.get("start_time") or 0
-        started = datetime.fromtimestamp(millis / 1000, UTC) if millis > 0 else None
-        if task["status"] in (4, 5) and started is not None and now - started >= timedelta(days=1):
-            chosen.add(task_id)
-    return chosen
 
 
 async def sim_state(sim: SimulatorHandle) -> dict[str, Any]:
@@ -138,15 +125,16 @@ async def test_sigterm_at_a_random_moment_leaves_a_true_report(
         tasks_per_project=TASKS, faults=FaultConfig(latency_ms=20, jitter_ms=5)
     )
     now = datetime.now(UTC)
-    selectable = eligible(sim.state.projects[DEFAULT_PROJECT_ID].tasks, now=now)
+    selectable = eligible(
+        sim.state.projects[DEFAULT_PROJECT_ID].tasks, now=now, older_than=timedelta(days=1)
+    )
     report_path = tmp_path / "report.json"
 
     code, signalled = await interrupted_run(sim, report_path, delay)
 
     context = f"seed {seed}, signal after {delay:.2f} s, exit {code}"
     truth = await sim_state(sim)
-    report = load_report(report_path)
-    jsonschema.validate(report, report_schema())
+    report = validated(report_path)
     assert report["exit_code"] == code, context
     if code == 143:
         assert signalled, context

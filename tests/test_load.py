@@ -15,14 +15,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import jsonschema
 import pytest
 from conftest import SimulatorFactory
+from expectations import eligible, validated
 from pydantic import SecretStr
 
 from worker import logs
 from worker.oms.auth import AkSk
-from worker.report import load_report, report_schema
 from worker.runner import run_async
 from worker.settings import load_settings
 from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_PROJECT_ID, DEFAULT_SECRET_KEY
@@ -47,13 +46,9 @@ async def test_fifty_thousand_tasks(
     """50,000 tasks: listed completely, exactly the eligible ones deleted, the report agrees."""
     sim = await make_simulator(tasks_per_project=TASKS)
     now = datetime.now(UTC)
-    raw = sim.state.projects[DEFAULT_PROJECT_ID].tasks
-    expected = set()
-    for task_id, task in raw.items():
-        millis = task.get("start_time") or 0
-        started = datetime.fromtimestamp(millis / 1000, UTC) if millis > 0 else None
-        if task["status"] in (4, 5) and started is not None and now - started >= OLDER_THAN:
-            expected.add(task_id)
+    expected = eligible(
+        sim.state.projects[DEFAULT_PROJECT_ID].tasks, now=now, older_than=OLDER_THAN
+    )
     report = tmp_path / "report.json"
     settings = load_settings(
         {
@@ -78,8 +73,7 @@ async def test_fifty_thousand_tasks(
 
     duration = time.monotonic() - started_at
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    written = load_report(report)
-    jsonschema.validate(written, report_schema())
+    written = validated(report)
     truth = sim.state.snapshot()
     with capsys.disabled():
         print(

@@ -12,22 +12,21 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import structlog.testing
 from conftest import SimulatorFactory
+from expectations import eligible, started, validated
 from pydantic import SecretStr
 
 from worker import logs
 from worker.cli import run_cli
 from worker.oms.auth import AkSk, Credentials, IamToken
-from worker.report import load_report, report_schema
 from worker.runner import run_async
 from worker.settings import load_settings
 from worker.simulator.config import (
@@ -40,13 +39,12 @@ from worker.simulator.config import (
 from worker.simulator.faults import FaultConfig
 from worker.simulator.population import PopulationConfig
 from worker.simulator.server import SimulatorHandle
-from worker.simulator.state import FAILED, PAUSED, PAUSING, SUCCEEDED
+from worker.simulator.state import PAUSED, PAUSING, SUCCEEDED
 from worker.simulator.state import RUNNING as MIGRATING
 
 CREDENTIALS = AkSk(access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr(DEFAULT_SECRET_KEY))
 # A status code the API reference does not know (the population's stand-in is 9).
 UNKNOWN = 9
-FINISHED = frozenset({SUCCEEDED, FAILED})
 SECOND_PROJECT = "fedcba9876543210fedcba9876543210"
 # Fast enough that no test waits on our own limiter unless it means to.
 FAST = {"rate": "2000", "concurrency": "16"}
@@ -87,30 +85,6 @@ def population(sim: SimulatorHandle) -> dict[TaskKey, dict[str, Any]]:
     }
 
 
-def started(task: Mapping[str, Any]) -> datetime | None:
-    """A raw task's start time; None when absent or 0 (the API's "not started")."""
-    millis = task.get("start_time") or 0
-    return datetime.fromtimestamp(millis / 1000, UTC) if millis > 0 else None
-
-
-def eligible(
-    tasks: Mapping[TaskKey, Mapping[str, Any]],
-    *,
-    now: datetime,
-    older_than: timedelta,
-    codes: frozenset[int] = FINISHED,
-    keep: Callable[[Mapping[str, Any]], bool] = lambda task: False,
-) -> set[TaskKey]:
-    """The tasks in `codes` whose known start is at least `older_than` before `now`."""
-    chosen = set()
-    for key, task in tasks.items():
-        start = started(task)
-        old_enough = start is not None and now - start >= older_than
-        if task["status"] in codes and old_enough and not keep(task):
-            chosen.add(key)
-    return chosen
-
-
 def targets_file(path: Path, sim: SimulatorHandle, *project_ids: str, options: str = "") -> Path:
     """A config file: `options` (TOML lines), then `project_ids` at the simulator as [[targets]]."""
     path.write_text(
@@ -122,13 +96,6 @@ def targets_file(path: Path, sim: SimulatorHandle, *project_ids: str, options: s
         encoding="utf-8",
     )
     return path
-
-
-def validated(path: Path) -> dict[str, Any]:
-    """The report at `path`, after checking it against the published JSON schema."""
-    report = load_report(path)
-    jsonschema.validate(report, report_schema())
-    return report
 
 
 async def run_against(

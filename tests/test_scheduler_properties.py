@@ -24,8 +24,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
+from expectations import started, validated
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
@@ -48,7 +48,6 @@ from worker.oms.errors import (
 )
 from worker.oms.models import Task, TaskStatus
 from worker.outcomes import Outcome
-from worker.report import load_report, report_schema
 from worker.runner import run_async
 from worker.scheduler import Hooks, Job, Scheduler, SchedulerConfig
 from worker.settings import load_settings
@@ -400,11 +399,6 @@ def run_cases(draw: st.DrawFn) -> RunCase:
     )
 
 
-def _started(raw: dict[str, Any]) -> datetime | None:
-    millis = raw.get("start_time") or 0
-    return datetime.fromtimestamp(millis / 1000, UTC) if millis > 0 else None
-
-
 async def _run_against_simulator(
     case: RunCase, directory: Path
 ) -> tuple[int, dict[str, Any], dict[str, Any], dict[int, dict[str, Any]], set[int]]:
@@ -464,13 +458,12 @@ async def _run_against_simulator(
             handle_signals=False,
         )
         truth = sim.state.snapshot()
-    written = load_report(report)
-    jsonschema.validate(written, report_schema())
+    written = validated(report)
     eligible = {
         task_id
         for task_id, raw in before.items()
         if raw["status"] in case.states
-        and (start := _started(raw)) is not None
+        and (start := started(raw)) is not None
         and now - start >= AGES[case.older_than]
         and task_id not in protected
         and not any(fnmatchcase(raw["name"], glob) for glob in case.exclude)

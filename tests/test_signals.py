@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import SimulatorFactory
-from test_runner import validated
+from expectations import validated
 
 from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_PROJECT_ID, DEFAULT_SECRET_KEY
 from worker.simulator.faults import FaultConfig
