@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cleanup_command import run_arguments
 from conftest import SimulatorFactory
 
 from worker import logs
@@ -161,17 +162,7 @@ async def test_bad_input_sends_nothing(
             monkeypatch.delenv(name)
         else:
             monkeypatch.setenv(name, value)
-    argv = [
-        "run",
-        "--endpoint",
-        sim.url,
-        "--project-id",
-        DEFAULT_PROJECT_ID,
-        *age,
-        "--execute",
-        "--yes",
-        *case.flags,
-    ]
+    argv = run_arguments(sim.url, *age, "--execute", "--yes", *case.flags)
     stdout, stderr = io.StringIO(), io.StringIO()
 
     # The command runs its own event loop: a thread keeps this test's loop serving.

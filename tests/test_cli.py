@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cleanup_command import start_run_process
 from conftest import SimulatorFactory
 
 from worker import __version__, cli, logs, runner
 from worker.oms.auth import AkSk
 from worker.oms.models import ACTIVE_STATES, TaskStatus
 from worker.settings import RunSettings, load_settings
-from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_PROJECT_ID, DEFAULT_SECRET_KEY
+from worker.simulator.config import DEFAULT_PROJECT_ID, DEFAULT_SECRET_KEY
 
 AK = "AKTESTAKTEST0042"
 SK = "SKtestSKtestSKtestSKtestSKtestSKtest0001"
@@ -465,25 +466,8 @@ async def test_run_end_to_end(make_simulator: SimulatorFactory, tmp_path: Path) 
     assert len(eligible) >= 2, "population too small for this test"
     protected = eligible[0]
     report = tmp_path / "report.json"
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("OMS_CLEANUP_", "HUAWEICLOUD_SDK_"))
-    }
-    env.update(
-        OMS_CLEANUP_AK=DEFAULT_ACCESS_KEY,
-        OMS_CLEANUP_SK=DEFAULT_SECRET_KEY,
-        OMS_CLEANUP_LOG_FORMAT="json",
-    )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        "run",
-        "--endpoint",
+    process = await start_run_process(
         sim.url,
-        "--project-id",
-        DEFAULT_PROJECT_ID,
         "--older-than",
         "7d",
         "--protect-id",
@@ -494,10 +478,8 @@ async def test_run_end_to_end(make_simulator: SimulatorFactory, tmp_path: Path) 
         "--yes",
         "--report",
         str(report),
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        environment={"OMS_CLEANUP_LOG_FORMAT": "json"},
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 0, err.decode()

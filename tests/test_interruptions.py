@@ -11,20 +11,19 @@ endpoint `GET /_sim/state`.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from cleanup_command import start_run_process
 from conftest import SimulatorFactory
 from expectations import eligible, validated
 
-from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_PROJECT_ID, DEFAULT_SECRET_KEY
+from worker.simulator.config import DEFAULT_PROJECT_ID
 from worker.simulator.faults import FaultConfig
 from worker.simulator.server import SimulatorHandle
 
@@ -51,25 +50,8 @@ async def interrupted_run(sim: SimulatorHandle, report: Path, delay: float) -> t
 
     Returns the exit code and whether the signal was sent before the process ended.
     """
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("OMS_CLEANUP_", "HUAWEICLOUD_SDK_"))
-    }
-    env.update(
-        OMS_CLEANUP_AK=DEFAULT_ACCESS_KEY,
-        OMS_CLEANUP_SK=DEFAULT_SECRET_KEY,
-        OMS_CLEANUP_LOG_FORMAT="json",
-    )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        "run",
-        "--endpoint",
+    process = await start_run_process(
         sim.url,
-        "--project-id",
-        DEFAULT_PROJECT_ID,
         "--older-than",
         "1d",
         "--rate",
@@ -80,10 +62,8 @@ async def interrupted_run(sim: SimulatorHandle, report: Path, delay: float) -> t
         "--yes",
         "--report",
         str(report),
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
+        environment={"OMS_CLEANUP_LOG_FORMAT": "json"},
     )
     started = asyncio.Event()
 

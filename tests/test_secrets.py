@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import yarl
+from cleanup_command import run_arguments
 from conftest import SimulatorFactory
 from pydantic import SecretStr
 
@@ -183,12 +184,8 @@ async def test_run_at_debug_level_shows_no_secret(
     """`run` (dry, executing, refused, expiring): no secret in stdout, stderr or the report."""
     sim = await simulator(make_simulator, **faults)
     report = tmp_path / "report.json"
-    argv = [
-        "run",
-        "--endpoint",
+    argv = run_arguments(
         sim.url,
-        "--project-id",
-        DEFAULT_PROJECT_ID,
         "--older-than",
         "1d",
         "--rate",
@@ -198,7 +195,7 @@ async def test_run_at_debug_level_shows_no_secret(
         "--report",
         str(report),
         *flags,
-    ]
+    )
 
     code, out, err = await command(argv, ENVIRONMENTS[credentials])
 

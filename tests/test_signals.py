@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -19,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cleanup_command import start_run_process
 from conftest import SimulatorFactory
 from expectations import validated
 
-from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_PROJECT_ID, DEFAULT_SECRET_KEY
+from worker.simulator.config import DEFAULT_PROJECT_ID
 from worker.simulator.faults import FaultConfig
 from worker.simulator.population import PopulationConfig
 from worker.simulator.server import SimulatorHandle
@@ -79,21 +78,8 @@ async def cleanup_process(
     sim: SimulatorHandle, report: Path, *flags: str
 ) -> AsyncIterator[RunProcess]:
     """`python -m worker run --execute --yes` against `sim`, credentials in its environment."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("OMS_CLEANUP_", "HUAWEICLOUD_SDK_"))
-    }
-    env.update(OMS_CLEANUP_AK=DEFAULT_ACCESS_KEY, OMS_CLEANUP_SK=DEFAULT_SECRET_KEY)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        "run",
-        "--endpoint",
+    process = await start_run_process(
         sim.url,
-        "--project-id",
-        DEFAULT_PROJECT_ID,
         "--older-than",
         "1d",
         "--execute",
@@ -103,11 +89,8 @@ async def cleanup_process(
         "--report",
         str(report),
         *flags,
-        env=env,
-        cwd=report.parent,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
+        cwd=report.parent,
     )
     assert process.stdout is not None
     run = RunProcess(process)
