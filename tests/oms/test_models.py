@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -132,7 +133,7 @@ def test_id_and_status_are_required(missing: str) -> None:
 def test_task_is_frozen() -> None:
     """Tasks are immutable values."""
     task = Task.model_validate({"id": 7, "status": 5})
-    with pytest.raises(ValidationError):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         task.name = "changed"  # type: ignore[misc]
 
 

@@ -47,7 +47,9 @@ MAX_PAGE_SIZE = 100
 _PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SIGNATURE_RE = re.compile(rb"Signature=[0-9a-fA-F]+")
 _SNIPPET_CHARS = 60
-_ModelT = TypeVar("_ModelT", bound=pydantic.BaseModel)
+_T = TypeVar("_T")
+_TASK_PAGE = pydantic.TypeAdapter(TaskPage)
+_TASK = pydantic.TypeAdapter(Task)
 _JSON_OBJECT = pydantic.TypeAdapter(dict[str, object])
 
 
@@ -243,7 +245,7 @@ class OmsClient:
             query.append(("task_name", task_name))
         path = self._path("/tasks")
         answer = await self._call(RequestKind.LIST, "GET", path, query)
-        return self._parse(TaskPage, answer, method="GET", path=path)
+        return self._parse(_TASK_PAGE, answer, method="GET", path=path)
 
     async def iter_pages(
         self,
@@ -295,7 +297,7 @@ class OmsClient:
         """`GET /v2/{project_id}/tasks/{task_id}`."""
         path = self._path(f"/tasks/{_checked_id(task_id)}")
         answer = await self._call(RequestKind.SHOW, "GET", path, [])
-        return self._parse(Task, answer, method="GET", path=path)
+        return self._parse(_TASK, answer, method="GET", path=path)
 
     async def delete_task(self, task_id: int) -> None:
         """`DELETE /v2/{project_id}/tasks/{task_id}`.
@@ -440,9 +442,11 @@ class OmsClient:
 
     # -- reading answers ----------------------------------------------------------------
 
-    def _parse(self, model: type[_ModelT], answer: _Answer, *, method: str, path: str) -> _ModelT:
+    def _parse(
+        self, shape: pydantic.TypeAdapter[_T], answer: _Answer, *, method: str, path: str
+    ) -> _T:
         try:
-            return model.model_validate_json(answer.body)
+            return shape.validate_json(answer.body)
         except pydantic.ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(part) for part in err['loc']) or 'body'}: {err['msg']}"
