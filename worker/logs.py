@@ -12,6 +12,7 @@ wherever it appears inside a string.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -37,8 +38,12 @@ _WORD_RE = re.compile(r"[a-z0-9]+")
 _CAMEL_RE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
+@functools.lru_cache(maxsize=1024)
 def is_secret_key(name: str) -> bool:
-    """Whether a key's name says its value is a secret (`sk`, `x_auth_token`, `secretKey`, ...)."""
+    """Whether a key's name says its value is a secret (`sk`, `x_auth_token`, `secretKey`, ...).
+
+    Cached: every event asks it of the same few dozen keys (profiled at 13 % of a run's CPU).
+    """
     lowered = _CAMEL_RE.sub("_", name).lower()
     if any(part in lowered for part in _SECRET_PARTS):
         return True
