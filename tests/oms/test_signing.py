@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -16,7 +17,7 @@ CN_NORTH_4 = "oms.cn-north-4.myhuaweicloud.com"
 DEFAULT_SIGNED = "content-type;host;x-project-id;x-sdk-date"
 
 # (case, method, request as sent, host, X-Sdk-Date, security token, signed headers, signature)
-GOLDEN = [
+GOLDEN_ROWS = [
     (
         "list",
         "GET",
@@ -78,75 +79,70 @@ GOLDEN = [
         "0caeba376f5a1be5f8cd08c522ca2309c5a2e87e49377f107a7eb862da5eb009",
     ),
 ]
-GOLDEN_IDS = [case[0] for case in GOLDEN]
 
 
-def _request(
-    target: str, host: str, date: str, token: str | None
-) -> tuple[str, list[tuple[str, str]], dict[str, str]]:
-    parts = urlsplit(target)
-    headers = {
-        "Content-Type": "application/json",
-        "X-Project-Id": PID,
-        "Host": host,
-        "X-Sdk-Date": date,
-    }
-    if token is not None:
-        headers["X-Security-Token"] = token
-    return parts.path, parse_qsl(parts.query, keep_blank_values=True), headers
+@dataclass(frozen=True, slots=True)
+class GoldenVector:
+    """One reference request and the Authorization the official SDK computed for it."""
+
+    case: str
+    method: str
+    target: str
+    host: str
+    date: str
+    token: str | None
+    signed: str
+    signature: str
+
+    @property
+    def authorization(self) -> str:
+        """The Authorization header value the SDK sent."""
+        return (
+            f"SDK-HMAC-SHA256 Access={AK}, SignedHeaders={self.signed}, Signature={self.signature}"
+        )
+
+    def request(self) -> tuple[str, list[tuple[str, str]], dict[str, str]]:
+        """The request's path, query pairs and headers, as sign() and verify() take them."""
+        parts = urlsplit(self.target)
+        headers = {
+            "Content-Type": "application/json",
+            "X-Project-Id": PID,
+            "Host": self.host,
+            "X-Sdk-Date": self.date,
+        }
+        if self.token is not None:
+            headers["X-Security-Token"] = self.token
+        return parts.path, parse_qsl(parts.query, keep_blank_values=True), headers
 
 
-@pytest.mark.parametrize(
-    ("case", "method", "target", "host", "date", "token", "signed", "expected"),
-    GOLDEN,
-    ids=GOLDEN_IDS,
-)
-def test_golden_vectors(
-    case: str,
-    method: str,
-    target: str,
-    host: str,
-    date: str,
-    token: str | None,
-    signed: str,
-    expected: str,
-) -> None:
+GOLDEN = [GoldenVector(*row) for row in GOLDEN_ROWS]
+
+
+# Both golden tests run over every vector, each case named for what it signs.
+OVER_GOLDEN_VECTORS = pytest.mark.parametrize("vector", GOLDEN, ids=[v.case for v in GOLDEN])
+
+
+@OVER_GOLDEN_VECTORS
+def test_golden_vectors(vector: GoldenVector) -> None:
     """sign() reproduces the Authorization the official SDK computed for each reference case."""
-    path, query, headers = _request(target, host, date, token)
+    path, query, headers = vector.request()
     authorization = signing.sign(
-        access_key=AK, secret_key=SK, method=method, path=path, query=query, headers=headers
+        access_key=AK, secret_key=SK, method=vector.method, path=path, query=query, headers=headers
     )
-    assert authorization == (
-        f"SDK-HMAC-SHA256 Access={AK}, SignedHeaders={signed}, Signature={expected}"
-    )
+    assert authorization == vector.authorization
 
 
-@pytest.mark.parametrize(
-    ("case", "method", "target", "host", "date", "token", "signed", "expected"),
-    GOLDEN,
-    ids=GOLDEN_IDS,
-)
-def test_golden_vectors_verify_and_tampering_does_not(
-    case: str,
-    method: str,
-    target: str,
-    host: str,
-    date: str,
-    token: str | None,
-    signed: str,
-    expected: str,
-) -> None:
+@OVER_GOLDEN_VECTORS
+def test_golden_vectors_verify_and_tampering_does_not(vector: GoldenVector) -> None:
     """verify() accepts each golden request and rejects it once any signed part changes."""
-    path, query, headers = _request(target, host, date, token)
-    parsed = signing.parse_authorization(
-        f"SDK-HMAC-SHA256 Access={AK}, SignedHeaders={signed}, Signature={expected}"
-    )
+    path, query, headers = vector.request()
+    parsed = signing.parse_authorization(vector.authorization)
     assert parsed is not None
 
     def check(
         *,
         secret_key: str = SK,
-        method: str = method,
+        method: str = vector.method,
         path: str = path,
         query: list[tuple[str, str]] = query,
         headers: dict[str, str] = headers,
