@@ -7,6 +7,8 @@ simulator's own population, not from the code under test.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 from conftest import SimulatorFactory
 from pydantic import SecretStr
 
+from worker.cli import run_cli
 from worker.listing import can_list_by_state
 from worker.oms.auth import AkSk
 from worker.oms.models import TaskStatus
@@ -42,13 +45,12 @@ async def _run(
             "concurrency": "16",
             "yes": True,
             "report": str(report),
+            "list_by_status": by_status,
             **flags,
         },
         environ={},
     )
-    code = await run_async(
-        settings=settings, credentials=CREDENTIALS, handle_signals=False, list_by_status=by_status
-    )
+    code = await run_async(settings=settings, credentials=CREDENTIALS, handle_signals=False)
     return code, load_report(report), sim.state.snapshot()
 
 
@@ -143,3 +145,25 @@ async def test_unfilterable_policy_lists_everything(
     assert truth["requests"]["list"] == math.ceil(TASKS / 100)
     assert report["summary"]["listed"] == TASKS
     assert "listing" not in report["settings"]
+
+
+async def test_flag_turns_it_on_from_the_command_line(
+    make_simulator: SimulatorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--list-by-status` on the command line lists by status filter (status= in the query)."""
+    sim = await make_simulator(tasks_per_project=TASKS)
+    monkeypatch.setenv("OMS_CLEANUP_AK", DEFAULT_ACCESS_KEY)
+    monkeypatch.setenv("OMS_CLEANUP_SK", DEFAULT_SECRET_KEY)
+    argv = [
+        "run", "--endpoint", sim.url, "--project-id", DEFAULT_PROJECT_ID,
+        "--older-than", "1d", "--states", "failed", "--list-by-status",
+        "--report", str(tmp_path / "r.json"),
+    ]  # fmt: skip
+    code = await asyncio.to_thread(
+        run_cli, argv, stdin=io.StringIO(), stdout=io.StringIO(), stderr=io.StringIO()
+    )
+    report = load_report(tmp_path / "r.json")
+    assert code == 0
+    assert report["settings"]["list_by_status"] is True
+    # One page for the failed tasks plus one limit=1 call for the total, not every page.
+    assert sim.state.requests["list"] < math.ceil(TASKS / 100)

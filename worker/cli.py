@@ -89,6 +89,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         help="allow active states in --states: stop such tasks, then delete them",
     )
+    select.add_argument(
+        "--list-by-status",
+        action=argparse.BooleanOptionalAction,
+        help="list only the selected states (status filter): fewer pages, narrower counts",
+    )
 
     pace = parser.add_argument_group("pace and limits")
     pace.add_argument("--rate", metavar="N", help="API requests per second per target")

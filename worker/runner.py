@@ -105,13 +105,12 @@ async def run_async(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     handle_signals: bool = True,
     rng: random.Random | None = None,
-    list_by_status: bool = False,
 ) -> int:
     """The run itself, for callers that already have a loop (the demo, tests).
 
-    `list_by_status` lists only the states the policy can select (see `listing.list_states`):
-    `listed` and `not_selected` then cover those states only, which the report's settings
-    note, and `--max-deletions` percentages are taken of every task of the targets.
+    With `settings.list_by_status` only the states the policy can select are listed (see
+    `listing.list_states`): `listed` and `not_selected` then cover those states only, which
+    the report's settings note, and `--max-deletions` percentages are taken of every task.
     """
     shutdown = shutdown or Shutdown()
     run_id = uuid.uuid4().hex
@@ -147,7 +146,7 @@ async def run_async(
                     settings=settings,
                     now=now(),
                     shutdown=shutdown,
-                    list_by_status=list_by_status,
+                    list_by_status=settings.list_by_status,
                 )
                 progress.listed = sum(r.listed for r in runs)
                 progress.selected = sum(len(r.jobs) for r in runs)

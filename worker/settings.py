@@ -359,6 +359,9 @@ class RunSettings(BaseSettings):
     execute: bool = False
     yes: bool = False
     stop_running: bool = False
+    # List one state at a time (the API's status filter) instead of every task: far fewer
+    # pages when most tasks are in states the policy keeps; `listed` then covers those states.
+    list_by_status: bool = False
     report: Path = Path("oms-cleanup-report.json")
     # None means "decide at start-up" (console on a TTY, JSON lines otherwise).
     log_format: LogFormat | None = None
@@ -860,6 +863,7 @@ def masked_settings(
         "dry_run": settings.dry_run,
         "yes": settings.yes,
         "stop_running": settings.stop_running,
+        "list_by_status": settings.list_by_status,
         "report": str(settings.report),
         "log_format": settings.log_format or "auto",
         "log_level": settings.log_level,

@@ -219,7 +219,7 @@ async def run_worker(
     flags: dict[str, Any], *, log_level: str = "info", list_by_status: bool = False
 ) -> RunResult:
     """A run in this process; log lines are rendered at `log_level`, then dropped."""
-    settings = load_settings(flags, environ={})
+    settings = load_settings({**flags, "list_by_status": list_by_status}, environ={})
     logs.configure(fmt="json", level=log_level, stream=_Discard())
     try:
         cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -227,7 +227,6 @@ async def run_worker(
             settings=settings,
             credentials=CREDENTIALS,
             handle_signals=False,
-            list_by_status=list_by_status,
         )
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     finally:
