@@ -128,18 +128,29 @@ def assert_completed(run: Finished, expected: set[int]) -> None:
 
 
 @pytest.mark.parametrize("retry_after", [True, False], ids=["retry-after", "no-retry-after"])
+@pytest.mark.parametrize(
+    ("state_limit", "least_429s"),
+    # A gateway that states its limit is obeyed after its first 429; one that does not is
+    # found by probing, which is a storm.
+    [(True, 1), (False, 5)],
+    ids=["limit-stated", "limit-unstated"],
+)
 async def test_429_storm_costs_time_not_tasks(
-    make_simulator: SimulatorFactory, tmp_path: Path, now: datetime, retry_after: bool
+    make_simulator: SimulatorFactory,
+    tmp_path: Path,
+    now: datetime,
+    retry_after: bool,
+    state_limit: bool,
+    least_429s: int,
 ) -> None:
     """A gateway admitting 10/s against 16 in flight at --rate 1000: all deleted, none failed."""
-    sim = await make_simulator(
-        tasks_per_project=30, faults=FaultConfig(rate_limit=10, retry_after=retry_after)
-    )
+    faults = FaultConfig(rate_limit=10, retry_after=retry_after, state_limit=state_limit)
+    sim = await make_simulator(tasks_per_project=30, faults=faults)
     expected = expected_selection(sim, now=now)
 
     run = await run_against(sim, tmp_path, now=now)
 
-    assert run.truth["rejected"]["throttled"] >= 5, "no storm happened"
+    assert run.truth["rejected"]["throttled"] >= least_429s
     assert_completed(run, expected)
     assert run.outcomes("deleted") == expected
     # Every send is accounted for: the report's count is what reached the gateway.

@@ -12,6 +12,7 @@ import pytest
 from conftest import SimulatorFactory
 from sim_client import sim_client
 
+from worker.oms.errors import parse_limit
 from worker.simulator.config import DEFAULT_PROJECT_ID
 from worker.simulator.faults import (
     NO_FAULTS,
@@ -21,6 +22,7 @@ from worker.simulator.faults import (
     SlidingWindow,
     malformed_list_answer,
     retry_after_header,
+    throttle_message,
 )
 from worker.simulator.population import PopulationConfig
 
@@ -328,3 +330,11 @@ async def test_the_same_seed_meets_the_same_faults(make_simulator: SimulatorFact
             sequences.append([(await client.list(limit=2)).body[:40] for _ in range(20)])
     assert sequences[0] == sequences[1]
     assert len(set(sequences[0])) > 2
+
+
+@pytest.mark.parametrize(("stated", "limit"), [(True, 50.0), (False, None)])
+def test_throttle_message_states_the_limit_or_not(stated: bool, limit: float | None) -> None:
+    """The 429 text carries the applied limit only when the knob says so, as clients parse it."""
+    message = throttle_message(50, stated=stated)
+    assert message.startswith("The throttling threshold has been reached")
+    assert parse_limit(message) == limit

@@ -187,7 +187,12 @@ class _Api:
             wait = self.window.admit()
             if wait is not None:
                 state.rejected["throttled"] += 1
-                response = _error(429, THROTTLED, throttle_message(self.window.limit), request_id)
+                response = _error(
+                    429,
+                    THROTTLED,
+                    throttle_message(self.window.limit, stated=self.config.faults.state_limit),
+                    request_id,
+                )
                 if self.config.faults.retry_after:
                     response.headers["Retry-After"] = retry_after_header(wait)
                 return response

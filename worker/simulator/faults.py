@@ -27,6 +27,9 @@ class FaultConfig:
     rate_limit: int | None = None
     # Whether a 429 carries `Retry-After` (unknown for real OMS: clients must cope with both).
     retry_after: bool = True
+    # Whether the 429's message states the applied limit ("limit:50,time:1 second"), as the
+    # reference says; a gateway that does not must still be handled.
+    state_limit: bool = True
     error_rate: float = 0.0
     drop_rate: float = 0.0
     # A drop after the call took effect is the nasty real case: the delete happened, the
@@ -130,12 +133,10 @@ class SlidingWindow:
         return admitted[0] - horizon
 
 
-def throttle_message(limit: int) -> str:
-    """The APIG.0308 text, stating the applied limit as the real gateway does."""
-    return (
-        "The throttling threshold has been reached: "
-        f"policy user over ratelimit,limit:{limit},time:1 second"
-    )
+def throttle_message(limit: int, *, stated: bool = True) -> str:
+    """The APIG.0308 text, stating the applied limit as the real gateway does (if `stated`)."""
+    text = "The throttling threshold has been reached: policy user over ratelimit"
+    return f"{text},limit:{limit},time:1 second" if stated else text
 
 
 def retry_after_header(wait_seconds: float) -> str:
