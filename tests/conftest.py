@@ -7,14 +7,17 @@ function-scoped tests hangs under pytest-asyncio 1.x (see the library notes).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 
-from worker.simulator.config import SimulatorConfig
+from worker import logs
+from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, SimulatorConfig
 from worker.simulator.server import SimulatorHandle, run_simulator
 
 FAKE_EPOCH = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
@@ -88,3 +91,16 @@ async def make_simulator() -> AsyncIterator[SimulatorFactory]:
 async def simulator(make_simulator: SimulatorFactory) -> SimulatorHandle:
     """A simulator with the default config (one project, 200 tasks, no faults) on a free port."""
     return await make_simulator()
+
+
+@pytest.fixture
+def cli_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Only the simulator's AK/SK among our variables; the temp dir as cwd; logging reset after."""
+    for name in list(os.environ):
+        if name.startswith(("OMS_CLEANUP_", "HUAWEICLOUD_SDK_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("OMS_CLEANUP_AK", DEFAULT_ACCESS_KEY)
+    monkeypatch.setenv("OMS_CLEANUP_SK", DEFAULT_SECRET_KEY)
+    monkeypatch.chdir(tmp_path)
+    yield
+    logs.reset()

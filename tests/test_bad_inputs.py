@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +16,8 @@ import pytest
 from cleanup_command import run_arguments
 from conftest import SimulatorFactory
 
-from worker import logs
 from worker.cli import run_cli
-from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_PROJECT_ID, DEFAULT_SECRET_KEY
+from worker.simulator.config import DEFAULT_PROJECT_ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,17 +129,9 @@ CASES: dict[str, Case] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """Only the simulator's valid AK/SK in the environment; a scratch working directory."""
-    for name in list(os.environ):
-        if name.startswith(("OMS_CLEANUP_", "HUAWEICLOUD_SDK_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("OMS_CLEANUP_AK", DEFAULT_ACCESS_KEY)
-    monkeypatch.setenv("OMS_CLEANUP_SK", DEFAULT_SECRET_KEY)
-    monkeypatch.chdir(tmp_path)
-    yield
-    logs.reset()  # in case a case wrongly reached the run
+# Only the simulator's valid AK/SK in the environment; a scratch working directory; logging
+# reset afterwards in case a case wrongly reached the run.
+pytestmark = pytest.mark.usefixtures("cli_environment")
 
 
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))

@@ -11,8 +11,6 @@ import asyncio
 import io
 import json
 import math
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +22,6 @@ from conftest import SimulatorFactory
 from expectations import eligible, started, validated
 from pydantic import SecretStr
 
-from worker import logs
 from worker.cli import run_cli
 from worker.oms.auth import AkSk, Credentials, IamToken
 from worker.runner import run_async
@@ -431,19 +428,6 @@ async def test_tasks_without_start_time_or_known_state_are_kept(
 
 # ------------------------------------------------------------------------------------------
 # Several targets in one run, through the command line
-
-
-@pytest.fixture
-def cli_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """The simulator's AK/SK in the environment, nothing else of ours; logging reset after."""
-    for name in list(os.environ):
-        if name.startswith(("OMS_CLEANUP_", "HUAWEICLOUD_SDK_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("OMS_CLEANUP_AK", DEFAULT_ACCESS_KEY)
-    monkeypatch.setenv("OMS_CLEANUP_SK", DEFAULT_SECRET_KEY)
-    monkeypatch.chdir(tmp_path)
-    yield
-    logs.reset()
 
 
 async def cli(*argv: str) -> tuple[int, str, str]:
