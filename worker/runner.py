@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -35,7 +35,7 @@ from worker.ratelimit import AdaptiveRateLimiter
 from worker.report import TargetSummary, TaskRecord, build_report, write_report
 from worker.scheduler import Hooks, Job, Scheduler, SchedulerConfig
 from worker.settings import RunSettings, Target, masked_settings
-from worker.shutdown import DEADLINE, Shutdown, signals_handled
+from worker.shutdown import DEADLINE, Shutdown, route_process_signals, signals_handled
 
 log = structlog.get_logger("oms_cleanup.run")
 
@@ -93,7 +93,11 @@ class _TargetRun:
 
 def run(*, settings: RunSettings, credentials: Credentials, confirm: Confirm | None) -> int:
     """Run one cleanup in a fresh event loop; returns the process exit code."""
-    return asyncio.run(run_async(settings=settings, credentials=credentials, confirm=confirm))
+    shutdown = Shutdown()
+    route_process_signals(shutdown)
+    return asyncio.run(
+        run_async(settings=settings, credentials=credentials, confirm=confirm, shutdown=shutdown)
+    )
 
 
 async def run_async(
@@ -113,6 +117,28 @@ async def run_async(
     the report's settings note, and `--max-deletions` percentages are taken of every task.
     """
     shutdown = shutdown or Shutdown()
+    # The signal handlers cover the report and metrics too: a SIGTERM while the report is
+    # being written must not kill the process with the default action.
+    with signals_handled(shutdown) if handle_signals else nullcontext():
+        return await _run(
+            settings=settings,
+            credentials=credentials,
+            confirm=confirm,
+            shutdown=shutdown,
+            now=now,
+            rng=rng,
+        )
+
+
+async def _run(
+    *,
+    settings: RunSettings,
+    credentials: Credentials,
+    confirm: Confirm | None,
+    shutdown: Shutdown,
+    now: Callable[[], datetime],
+    rng: random.Random | None,
+) -> int:
     run_id = uuid.uuid4().hex
     started_at = now()
     logs.bind_run(run_id)
@@ -131,8 +157,6 @@ async def run_async(
     )
     try:
         async with AsyncExitStack() as stack:
-            if handle_signals:
-                stack.enter_context(signals_handled(shutdown))
             runs = [
                 await _open_target(stack, target, settings=settings, credentials=credentials)
                 for target in settings.targets
@@ -289,6 +313,9 @@ async def _list_and_select(
             selected=len(run.jobs),
             not_selected=dict(run.not_selected),
         )
+
+    if shutdown.is_requested:  # a signal before the run began: send nothing
+        raise _Abort(EXIT_FATAL, f"stopped ({shutdown.reason}) before listing began")
 
     async def every_target() -> None:
         listings = [asyncio.create_task(one(run)) for run in runs]

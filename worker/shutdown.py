@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 DEADLINE = "deadline"
@@ -55,17 +57,42 @@ class Shutdown:
 
 @contextmanager
 def signals_handled(shutdown: Shutdown) -> Iterator[None]:
-    """Route SIGINT and SIGTERM to `shutdown` for the duration of the block."""
+    """Route SIGINT and SIGTERM to `shutdown` for the duration of the block.
+
+    Afterwards the handlers that were there before come back (the loop's own removal would
+    reset them to the defaults, which kill the process).
+    """
     loop = asyncio.get_running_loop()
-    installed = []
+    installed: dict[signal.Signals, Any] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
         try:
             loop.add_signal_handler(sig, shutdown.on_signal, sig.name)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread
             continue
-        installed.append(sig)
+        installed[sig] = previous
     try:
         yield
     finally:
-        for sig in installed:
+        for sig, previous in installed.items():
             loop.remove_signal_handler(sig)
+            if previous is not None:
+                signal.signal(sig, previous)
+
+
+def route_process_signals(shutdown: Shutdown) -> None:
+    """Send SIGINT/SIGTERM to `shutdown` outside the event loop too (process entry only).
+
+    `signals_handled` covers the run itself. Before the loop starts listening a signal must
+    still stop the run (it is seen as soon as the run starts, before any request), and after
+    the report is written a late one must not kill the process with the default action, whose
+    exit code would contradict the report.
+    """
+
+    def handler(signum: int, frame: object) -> None:
+        shutdown.on_signal(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set handlers (a run embedded in a worker thread)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
