@@ -47,6 +47,19 @@ class Job:
     outcome: Outcome | None = None
     last_error: ErrorInfo | None = None
 
+    def log_fields(self) -> dict[str, object]:
+        """What every event about this task carries: which task, which try, what OMS said."""
+        error = self.last_error
+        return {
+            "task_id": self.task.id,
+            "task_name": self.task.name,
+            "project_id": self.project_id,
+            "attempt": self.attempts,
+            "error_code": error.error_code if error else None,
+            "http_status": error.http_status if error else None,
+            "request_id": error.request_id if error else None,
+        }
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SchedulerConfig:
@@ -183,12 +196,7 @@ class Scheduler:
             self._act(job, error)
             return
         job.stop_sent = True
-        log.info(
-            "task_stopped",
-            task_id=job.task.id,
-            task_name=job.task.name,
-            project_id=job.project_id,
-        )
+        log.info("task_stopped", **job.log_fields())
         self._requeue(job, self._config.requeue_delay)
 
     def _act(self, job: Job, error: OmsError) -> None:
@@ -224,16 +232,7 @@ class Scheduler:
             return
         loop = asyncio.get_running_loop()
         self._delayed[job] = loop.call_later(delay, self._release, job)
-        log.info(
-            "task_requeued",
-            task_id=job.task.id,
-            task_name=job.task.name,
-            project_id=job.project_id,
-            attempt=job.attempts,
-            delay_seconds=round(delay, 3),
-            error_code=job.last_error.error_code if job.last_error else None,
-            request_id=job.last_error.request_id if job.last_error else None,
-        )
+        log.info("task_requeued", delay_seconds=round(delay, 3), **job.log_fields())
         self._hooks.on_requeue(job, delay)
 
     def _release(self, job: Job) -> None:
@@ -254,18 +253,7 @@ class Scheduler:
             return
         job.outcome = outcome
         self._pending -= 1
-        error = job.last_error
-        log.info(
-            "task_outcome",
-            task_id=job.task.id,
-            task_name=job.task.name,
-            project_id=job.project_id,
-            outcome=outcome.value,
-            attempt=job.attempts,
-            error_code=error.error_code if error else None,
-            http_status=error.http_status if error else None,
-            request_id=error.request_id if error else None,
-        )
+        log.info("task_outcome", outcome=outcome.value, **job.log_fields())
         self._hooks.on_finish(job)
         if self._pending == 0:
             self._release_workers()
