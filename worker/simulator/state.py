@@ -9,6 +9,7 @@ applied lazily whenever the store is touched, so no background task is needed.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 import json
 import random
@@ -49,6 +50,11 @@ class ApiRefusal(Exception):
         self.message = message
 
 
+def _record_json(record: ActionRecord | RefusedDelete) -> dict[str, Any]:
+    """A record's fields as JSON values (the time in ISO 8601)."""
+    return {**dataclasses.asdict(record), "at": record.at.isoformat()}
+
+
 @dataclass(frozen=True, slots=True)
 class ActionRecord:
     """A delete or stop that took effect: which task, where, by whom, when."""
@@ -60,12 +66,7 @@ class ActionRecord:
 
     def as_json(self) -> dict[str, Any]:
         """The /_sim/state shape."""
-        return {
-            "task_id": self.task_id,
-            "project_id": self.project_id,
-            "by": self.by,
-            "at": self.at.isoformat(),
-        }
+        return _record_json(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +81,7 @@ class RefusedDelete:
 
     def as_json(self) -> dict[str, Any]:
         """The /_sim/state shape."""
-        return {
-            "task_id": self.task_id,
-            "project_id": self.project_id,
-            "status": self.status,
-            "by": self.by,
-            "at": self.at.isoformat(),
-        }
+        return _record_json(self)
 
 
 @dataclass(slots=True)
