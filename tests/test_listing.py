@@ -1,4 +1,4 @@
-"""Listing a target completely, and refusing an incomplete listing."""
+"""Listing a target completely, refusing an incomplete listing, and telling the offset cap."""
 
 from __future__ import annotations
 
@@ -6,7 +6,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from worker.listing import IncompleteListing, list_all
+from worker.listing import IncompleteListing, is_offset_cap, list_all
+from worker.oms.errors import (
+    AuthFailed,
+    ErrorInfo,
+    InvalidRequest,
+    MalformedResponse,
+    OmsError,
+    PermissionDenied,
+    ServerError,
+)
 from worker.oms.models import Task, TaskPage, TaskStatus
 
 
@@ -72,4 +81,96 @@ async def test_count_above_what_pages_hold_is_refused() -> None:
     """Pages that end before the reported count make the listing incomplete (fail closed)."""
     lister = PagedTasks(list(range(1, 51)), inflate_count=10)
     with pytest.raises(IncompleteListing, match="50 distinct tasks but the API reported 60"):
+        await list_all(lister, page_size=100)
+
+
+def _refusal(error_type: type[OmsError], status: int, code: str | None) -> OmsError:
+    return error_type(
+        ErrorInfo(method="GET", path="/v2/p/tasks", http_status=status, error_code=code)
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "offset", "capped"),
+    [
+        (_refusal(InvalidRequest, 400, "OMS.0064"), 100, True),
+        (_refusal(InvalidRequest, 400, "OMS.0064"), 10_100, True),
+        (_refusal(InvalidRequest, 400, "OMS.0064"), 1, True),
+        # At offset 0 nothing was accepted yet: the filter or a bug, not the window.
+        (_refusal(InvalidRequest, 400, "OMS.0064"), 0, False),
+        # Another invalid-request code is not about the offset.
+        (_refusal(InvalidRequest, 400, "OMS.9999"), 10_100, False),
+        (_refusal(InvalidRequest, 404, "OMS.0064"), 10_100, False),
+        (_refusal(PermissionDenied, 403, "OMS.0206"), 10_100, False),
+        (_refusal(AuthFailed, 401, "APIG.0301"), 10_100, False),
+        (_refusal(ServerError, 500, "OMS.0064"), 10_100, False),
+        (_refusal(MalformedResponse, 400, None), 10_100, False),
+    ],
+    ids=[
+        "0064-past-first-page",
+        "0064-at-documented-cap",
+        "0064-after-a-one-task-page",
+        "0064-at-offset-0",
+        "other-invalid-code",
+        "0064-not-400",
+        "permission",
+        "auth",
+        "server-error",
+        "malformed",
+    ],
+)
+def test_offset_cap_detection(error: OmsError, offset: int, capped: bool) -> None:
+    """Only OMS.0064 (400) for a page past accepted ones is the offset window running out."""
+    assert is_offset_cap(error, offset=offset) is capped
+
+
+class CappedPages(PagedTasks):
+    """Pages like OMS with an offset cap: a page past `max_offset` is refused with OMS.0064."""
+
+    def __init__(self, ids: list[int], *, max_offset: int, code: str = "OMS.0064") -> None:
+        super().__init__(ids)
+        self.max_offset = max_offset
+        self.code = code
+
+    async def iter_pages(
+        self,
+        *,
+        page_size: int = 100,
+        status: TaskStatus | None = None,
+        group_id: str | None = None,
+        task_name: str | None = None,
+    ) -> AsyncIterator[TaskPage]:
+        offset = 0
+        while True:
+            if offset > self.max_offset:
+                raise _refusal(InvalidRequest, 400, self.code)
+            tasks = [_task(i) for i in self.ids[offset : offset + page_size]]
+            yield TaskPage(tasks=tasks, count=len(self.ids))
+            offset += len(tasks)
+            if len(tasks) < page_size or offset >= len(self.ids):
+                return
+
+
+async def test_capped_listing_keeps_the_window_and_counts_the_rest() -> None:
+    """A listing stopped by the cap holds what the window showed and how many it missed."""
+    listing = await list_all(CappedPages(list(range(1, 351)), max_offset=150), page_size=100)
+    # Offsets 0 and 100 are accepted, 200 is past the cap.
+    assert [t.id for t in listing.tasks] == list(range(1, 201))
+    assert listing.capped
+    assert listing.unseen == 150
+    assert listing.reported_count == listing.total == 350
+
+
+async def test_listing_within_the_cap_is_not_capped() -> None:
+    """A cap the listing never reaches changes nothing."""
+    listing = await list_all(CappedPages(list(range(1, 201)), max_offset=150), page_size=100)
+    assert len(listing.tasks) == 200
+    assert not listing.capped
+    assert listing.unseen == 0
+
+
+async def test_other_refusal_past_the_first_page_still_fails() -> None:
+    """Another invalid-request code past the first page is not a cap: the listing fails."""
+    lister = CappedPages(list(range(1, 351)), max_offset=150, code="OMS.9999")
+    with pytest.raises(InvalidRequest):
         await list_all(lister, page_size=100)

@@ -11,6 +11,11 @@ filter, one listing per state) and asks once for the target's total, which `--ma
 percentages are taken of. On accounts holding mostly tasks the policy keeps, that saves most
 list requests. A task that changes state between two of those listings can be missed (it is
 then kept, the safe side) or seen twice (kept once).
+
+OMS may cap `offset` (the docs say 2147483647 on most pages, 10000 on one). A page refused
+for its offset (`is_offset_cap`) ends that listing early instead of failing it: the listing
+is then `capped`, holds only the tasks the window showed, and says how many it could not
+reach. What to do with a partial listing is the run's decision (see `runner`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from worker.oms.errors import INVALID_PARAMETERS, InvalidRequest, OmsError
 from worker.oms.models import Task, TaskPage, TaskStatus
 
 PAGE_SIZE = 100
@@ -68,6 +74,38 @@ class Listing:
     total: int = 0
     # The states listed; None when every task was.
     states: frozenset[TaskStatus] | None = None
+    # A page was refused for its offset: the API holds tasks past the window this listing saw.
+    capped: bool = False
+    # Tasks the API counted that a capped listing did not show (0 when not capped).
+    unseen: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """One listing (all tasks, or one state) as read."""
+
+    pages: int
+    count: int
+    capped: bool = False
+    unseen: int = 0
+
+
+def is_offset_cap(error: OmsError, *, offset: int) -> bool:
+    """Whether a refused page means "offset window exhausted" rather than "cannot list".
+
+    Every page of one listing is the same request but for `offset` (same limit, filter and
+    credentials), and the offset only moves past pages the API accepted. So OMS.0064 ("invalid
+    request parameters") for a page at offset > 0 can only be about the offset, whatever the
+    cap's value (the docs disagree on it; no threshold is assumed). At offset 0 the same answer
+    is about the filter or a bug, and every other error means what it always meant: both stay
+    fatal.
+    """
+    return (
+        offset > 0
+        and isinstance(error, InvalidRequest)
+        and error.http_status == 400
+        and error.error_code == INVALID_PARAMETERS
+    )
 
 
 def can_list_by_state(states: Collection[TaskStatus]) -> bool:
@@ -80,8 +118,15 @@ async def list_all(
 ) -> Listing:
     """Read every page and check that they add up to what OMS reported."""
     seen: dict[int, Task] = {}
-    pages, count = await _read(client, seen, status=None, group_id=group_id, page_size=page_size)
-    return Listing(tasks=list(seen.values()), pages=pages, reported_count=count, total=count)
+    read = await _read(client, seen, status=None, group_id=group_id, page_size=page_size)
+    return Listing(
+        tasks=list(seen.values()),
+        pages=read.pages,
+        reported_count=read.count,
+        total=read.count,
+        capped=read.capped,
+        unseen=read.unseen,
+    )
 
 
 async def list_states(
@@ -99,18 +144,20 @@ async def list_states(
     pages = 1
     seen: dict[int, Task] = {}
     reported = 0
+    reads: list[_Read] = []
     for state in sorted(states):
-        state_pages, count = await _read(
-            client, seen, status=state, group_id=group_id, page_size=page_size
-        )
-        pages += state_pages
-        reported += count
+        read = await _read(client, seen, status=state, group_id=group_id, page_size=page_size)
+        reads.append(read)
+        pages += read.pages
+        reported += read.count
     return Listing(
         tasks=list(seen.values()),
         pages=pages,
         reported_count=reported,
         total=total,
         states=frozenset(states),
+        capped=any(read.capped for read in reads),
+        unseen=sum(read.unseen for read in reads),
     )
 
 
@@ -121,22 +168,33 @@ async def _read(
     status: TaskStatus | None,
     group_id: str | None,
     page_size: int,
-) -> tuple[int, int]:
-    """Add one listing's tasks to `seen`; (pages read, count). Refuses an incomplete one."""
+) -> _Read:
+    """Add one listing's tasks to `seen`. Refuses an incomplete one, unless the cap ended it."""
     pages = 0
+    # Where the next page starts: the client pages with offset += len(tasks).
+    offset = 0
     smallest_count: int | None = None
     found: set[int] = set()
-    async for page in client.iter_pages(page_size=page_size, status=status, group_id=group_id):
-        pages += 1
-        smallest_count = page.count if smallest_count is None else min(smallest_count, page.count)
-        for task in page.tasks:
-            found.add(task.id)
-            # Tasks created while we page push older ones onto the next page: keep the first.
-            seen.setdefault(task.id, task)
+    try:
+        async for page in client.iter_pages(page_size=page_size, status=status, group_id=group_id):
+            pages += 1
+            offset += len(page.tasks)
+            smallest_count = (
+                page.count if smallest_count is None else min(smallest_count, page.count)
+            )
+            for task in page.tasks:
+                found.add(task.id)
+                # Tasks created while we page push older ones onto the next page: keep the first.
+                seen.setdefault(task.id, task)
+    except OmsError as error:
+        if not is_offset_cap(error, offset=offset):
+            raise
+        count = smallest_count or 0
+        return _Read(pages=pages, count=count, capped=True, unseen=max(0, count - len(found)))
     count = smallest_count or 0
     if len(found) < count:
         what = "tasks" if status is None else f"{status.label} tasks"
         raise IncompleteListing(
             f"listing returned {len(found)} distinct {what} but the API reported {count}"
         )
-    return pages, count
+    return _Read(pages=pages, count=count)
