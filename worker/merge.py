@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 from worker.oms.errors import ErrorInfo
 from worker.outcomes import Outcome
 from worker.report import (
+    OffsetCap,
     TargetSummary,
     TaskRecord,
     build_report,
@@ -303,6 +304,19 @@ class _Reader:
             not_selected=self.counts(block, "not_selected", where=where),
             requests=self.counts(requests, "by_kind", where=f"{where}.requests_sent"),
             error=self.error(block, "error", where=where),
+            offset_cap=self.offset_cap(block, "offset_cap", where=where),
+        )
+
+    def offset_cap(self, mapping: Any, key: str, *, where: str) -> OffsetCap | None:
+        block = self.optional(mapping, key, dict, where=where)
+        if block is None:
+            return None
+        place = f"{where}.{key}"
+        return OffsetCap(
+            passes=self.count(block, "passes", where=place),
+            complete=self.get(block, "complete", bool, where=place),
+            unseen=self.count(block, "unseen", where=place),
+            note=self.get(block, "note", str, where=place),
         )
 
     def task(self, task: Any, where: str) -> TaskRecord:

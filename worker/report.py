@@ -69,7 +69,8 @@ class TargetSummary:
     """What the run knows about one target besides its task records.
 
     `requests` is the client's requests sent by kind; `error` is what stopped work on the
-    target early (a 403 while listing, say), None when nothing did.
+    target early (a 403 while listing, say), None when nothing did. `offset_cap` is set only
+    when the API's offset cap cut a listing short.
     """
 
     label: str
@@ -80,6 +81,30 @@ class TargetSummary:
     not_selected: Mapping[str, int] = field(default_factory=dict)
     requests: Mapping[str, int] = field(default_factory=dict)
     error: ErrorInfo | None = None
+    offset_cap: OffsetCap | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetCap:
+    """How the API's offset cap shaped one target's listing (absent when it was never hit).
+
+    `complete` says the last pass listed every task; otherwise `unseen` tasks OMS counted were
+    beyond the window: neither judged nor deleted. `note` says so in a sentence.
+    """
+
+    passes: int
+    complete: bool
+    unseen: int
+    note: str
+
+    def as_report(self) -> dict[str, Any]:
+        """The target's `offset_cap` block."""
+        return {
+            "passes": self.passes,
+            "complete": self.complete,
+            "unseen": self.unseen,
+            "note": self.note,
+        }
 
 
 def utc_iso(moment: datetime) -> str:
@@ -205,6 +230,7 @@ def build_report(
                 requests=t.requests,
             ),
             "error": None if t.error is None else t.error.as_report(),
+            **({} if t.offset_cap is None else {"offset_cap": t.offset_cap.as_report()}),
         }
         for t in targets
     ]

@@ -4,6 +4,15 @@ The order is the safety argument: every target is listed completely before anyth
 deleted (a listing that cannot complete aborts the run), the selection is checked against
 `--max-deletions` before the first delete, and nothing is deleted without `--execute`.
 The report is written on every path out of here, interruptions included.
+
+One exception to "completely": OMS may cap the listing offset (see `listing.is_offset_cap`).
+A capped listing holds a consistent window of tasks, each judged as usual. The run deletes
+what that window selected, then lists again from offset 0: the deleted tasks are gone, so
+the window reaches further. Passes go on while a target's listing is capped and its last
+pass selected something new; a task met again is neither counted nor selected twice. Every
+pass reads all its pages before it deletes, `--max-deletions` keeps the limit worked out
+before the first delete (of every task the API counted) for the total of all passes, and a
+run that ends with tasks out of reach says so in the report and exits 1.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ import random
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,7 +41,7 @@ from worker.outcomes import Outcome
 from worker.policy import Policy, select
 from worker.progress import Progress, ProgressLine
 from worker.ratelimit import AdaptiveRateLimiter
-from worker.report import TargetSummary, TaskRecord, build_report, write_report
+from worker.report import OffsetCap, TargetSummary, TaskRecord, build_report, write_report
 from worker.scheduler import Hooks, Job, Scheduler, SchedulerConfig
 from worker.settings import RunSettings, Target, masked_settings
 from worker.shutdown import DEADLINE, Shutdown, route_process_signals, signals_handled
@@ -71,8 +80,18 @@ class _TargetRun:
     not_selected: Counter[str] = field(default_factory=Counter)
     jobs: list[Job] = field(default_factory=list)
     error: ErrorInfo | None = None
+    # Ids judged in any pass: a task met again later is neither counted nor selected twice.
+    seen: set[int] = field(default_factory=set)
+    passes: int = 0
+    # Where this pass's jobs begin in `jobs`, and how many it added.
+    pass_start: int = 0
+    fresh: int = 0
+    # The last listing was cut short by the offset cap, leaving `unseen` tasks beyond it.
+    capped: bool = False
+    unseen: int = 0
+    cap_hit: bool = False
 
-    def summary(self) -> TargetSummary:
+    def summary(self, *, dry_run: bool) -> TargetSummary:
         stats = self.client.stats
         return TargetSummary(
             label=self.label,
@@ -88,6 +107,28 @@ class _TargetRun:
                 "stop": stats.stop,
             },
             error=self.error,
+            offset_cap=self._offset_cap(dry_run=dry_run) if self.cap_hit else None,
+        )
+
+    def _offset_cap(self, *, dry_run: bool) -> OffsetCap:
+        if not self.capped:
+            note = (
+                f"OMS caps the listing offset: the run listed again after each pass's "
+                f"deletions, and pass {self.passes} reached every task"
+            )
+        elif dry_run:
+            note = (
+                "OMS caps the listing offset: a dry run deletes nothing, so it judged only the "
+                f"first window; {self.unseen} more tasks exist that it did not see"
+            )
+        else:
+            note = (
+                f"OMS caps the listing offset; after {self.passes} pass(es) the run could not "
+                f"list further (nothing new to delete in the window, or the run stopped): "
+                f"{self.unseen} tasks were not seen, neither judged nor deleted"
+            )
+        return OffsetCap(
+            passes=self.passes, complete=not self.capped, unseen=self.unseen, note=note
         )
 
 
@@ -174,40 +215,37 @@ async def _run(
                 )
                 progress.listed = sum(r.listed for r in runs)
                 progress.selected = sum(len(r.jobs) for r in runs)
-                _guard(runs, settings=settings)
+                limit = _guard(runs, settings=settings)
             except _Abort as abort:
                 log.error("run_aborted", reason=str(abort), exit_code=abort.exit_code)
                 exit_code = shutdown.signal_exit_code or abort.exit_code
                 return exit_code
-            jobs = [job for r in runs for job in r.jobs]
             if dry_run:
-                for job in jobs:
+                for job in (job for r in runs for job in r.jobs):
                     job.outcome = Outcome.WOULD_DELETE
                     _log_would_delete(job)
-                exit_code = EXIT_OK
+                # More tasks exist than the preview judged: not a clean "that is everything".
+                exit_code = EXIT_TASKS_LEFT if _log_unreached(runs, dry_run=True) else EXIT_OK
                 return exit_code
-            if jobs and confirm is not None:
-                projects = sorted({r.target.project_id for r in runs if r.jobs})
-                answer = await _ask(confirm, len(jobs), projects, shutdown=shutdown)
-                if answer is None:
-                    log.warning("run_stopped_at_confirmation", reason=shutdown.reason)
-                    exit_code = shutdown.signal_exit_code or EXIT_TASKS_LEFT
-                    return exit_code
-                if not answer:
-                    log.warning("run_declined", selected=len(jobs))
-                    exit_code = EXIT_SAFETY_ABORT
-                    return exit_code
-            fatal = await _delete(
+            exit_code = await _delete_in_passes(
                 runs,
                 settings=settings,
+                confirm=confirm,
                 shutdown=shutdown,
-                deadline=deadline,
-                rng=rng,
+                now=now,
+                limit=limit,
+                delete=lambda: _delete(
+                    runs,
+                    settings=settings,
+                    shutdown=shutdown,
+                    deadline=deadline,
+                    rng=rng,
+                    progress=progress,
+                    line=line,
+                ),
                 progress=progress,
-                line=line,
             )
             deadline_reached = shutdown.reason == DEADLINE
-            exit_code = _exit_code(jobs, shutdown=shutdown, fatal=fatal)
             return exit_code
     finally:
         finished_at = now()
@@ -219,7 +257,7 @@ async def _run(
             exit_code=exit_code,
             interrupted=shutdown.signal,
             settings=_report_settings(settings, credentials=credentials, runs=runs),
-            targets=[r.summary() for r in runs],
+            targets=[r.summary(dry_run=dry_run) for r in runs],
             records=[_record(job) for r in runs for job in r.jobs],
             deadline_reached=deadline_reached,
         )
@@ -272,7 +310,11 @@ async def _list_and_select(
     shutdown: Shutdown,
     list_by_status: bool = False,
 ) -> None:
-    """List every target (concurrently) and select; any failure aborts before deleting."""
+    """List every target (concurrently) and select; any failure aborts before deleting.
+
+    Called again for later passes with the targets still capped: only tasks no earlier pass
+    judged are counted and selected, and the targets' `--max-deletions` base stays the first's.
+    """
     policy = Policy.from_settings(settings)
     # Tasks in other states can never be selected, so they need not be listed.
     by_status = list_by_status and can_list_by_state(policy.states)
@@ -292,18 +334,38 @@ async def _list_and_select(
             raise _Abort(EXIT_FATAL, f"listing {run.label} failed: {error}") from error
         except IncompleteListing as error:
             raise _Abort(EXIT_FATAL, f"listing {run.label} is incomplete: {error}") from error
-        run.listed = len(listing.tasks)
-        run.listed_states = listing.states
-        # Unfiltered, the distinct tasks seen are the base (as many as reported, or more).
-        run.total = run.listed if listing.states is None else listing.total
+        run.passes += 1
+        run.capped = listing.capped
+        run.cap_hit = run.cap_hit or listing.capped
+        run.unseen = listing.unseen
+        if run.passes == 1:
+            run.listed_states = listing.states
+            # Unfiltered, the distinct tasks seen are the base (as many as reported, or more;
+            # a capped listing saw fewer, and the API's count is the base).
+            run.total = (
+                max(len(listing.tasks), listing.reported_count)
+                if listing.states is None
+                else listing.total
+            )
+        fresh = 0
         for task in listing.tasks:
+            if task.id in run.seen:
+                continue
+            run.seen.add(task.id)
+            run.listed += 1
             reason = select(task, policy=policy, now=now)
             if reason is None:
                 run.jobs.append(Job(task=task, project_id=run.target.project_id))
+                fresh += 1
             else:
                 run.not_selected[str(reason)] += 1
+        run.fresh = fresh
         log.info(
             "target_listed",
+            listing_pass=run.passes,
+            capped=listing.capped,
+            unseen=listing.unseen,
+            new_selected=fresh,
             listed=run.listed,
             total=run.total,
             listed_states=None
@@ -316,6 +378,10 @@ async def _list_and_select(
 
     if shutdown.is_requested:  # a signal before the run began: send nothing
         raise _Abort(EXIT_FATAL, f"stopped ({shutdown.reason}) before listing began")
+
+    for run in runs:
+        run.pass_start = len(run.jobs)
+        run.fresh = 0
 
     async def every_target() -> None:
         listings = [asyncio.create_task(one(run)) for run in runs]
@@ -341,7 +407,7 @@ async def _list_and_select(
         listing.cancel()
         await asyncio.gather(listing, return_exceptions=True)
         for run in runs:
-            run.jobs.clear()
+            del run.jobs[run.pass_start :]
         raise _Abort(EXIT_FATAL, f"stopped ({shutdown.reason}) before every target was listed")
     listing.result()
 
@@ -380,10 +446,13 @@ async def _ask(
     return answer.result() if answer.done() else None
 
 
-def _guard(runs: list[_TargetRun], *, settings: RunSettings) -> None:
-    """`--max-deletions`: refuse the whole run when more are selected than allowed."""
+def _guard(runs: list[_TargetRun], *, settings: RunSettings) -> int | None:
+    """`--max-deletions`: refuse the whole run when more are selected than allowed.
+
+    Returns the limit (None without `--max-deletions`), which later passes are held to.
+    """
     if settings.max_deletions is None:
-        return
+        return None
     listed = sum(r.total for r in runs)
     selected = sum(len(r.jobs) for r in runs)
     limit = settings.max_deletions.limit(listed)
@@ -396,6 +465,91 @@ def _guard(runs: list[_TargetRun], *, settings: RunSettings) -> None:
             f"{selected} tasks selected, more than --max-deletions allows ({limit} of {listed} "
             "listed); nothing was deleted",
         )
+    return limit
+
+
+async def _delete_in_passes(
+    runs: list[_TargetRun],
+    *,
+    settings: RunSettings,
+    confirm: Confirm | None,
+    shutdown: Shutdown,
+    now: Callable[[], datetime],
+    limit: int | None,
+    delete: Callable[[], Awaitable[OmsError | None]],
+    progress: Progress,
+) -> int:
+    """Delete the selection; while a capped listing's window moved, list again and go on.
+
+    Returns the exit code. Each pass asks for confirmation of its own selection, and a pass
+    whose selection would take the run's total past `limit` deletes nothing (exit 3).
+    """
+    fresh = [job for r in runs for job in r.jobs]
+    while True:
+        if fresh and confirm is not None:
+            projects = sorted({job.project_id for job in fresh})
+            answer = await _ask(confirm, len(fresh), projects, shutdown=shutdown)
+            if answer is None:
+                log.warning("run_stopped_at_confirmation", reason=shutdown.reason)
+                return shutdown.signal_exit_code or EXIT_TASKS_LEFT
+            if not answer:
+                log.warning("run_declined", selected=len(fresh))
+                return EXIT_SAFETY_ABORT
+        fatal = await delete()
+        jobs = [job for r in runs for job in r.jobs]
+        again = [r for r in runs if r.capped and r.fresh]
+        if fatal is not None or shutdown.is_requested or not again:
+            unreached = _log_unreached(runs, dry_run=False)
+            return _exit_code(jobs, shutdown=shutdown, fatal=fatal, unreached=unreached)
+        log.info("listing_again", targets=[r.label for r in again], deleted_so_far=_done(jobs))
+        try:
+            await _list_and_select(
+                again,
+                settings=settings,
+                now=now(),
+                shutdown=shutdown,
+                list_by_status=settings.list_by_status,
+            )
+        except _Abort as abort:
+            log.error("run_aborted", reason=str(abort), exit_code=abort.exit_code)
+            _log_unreached(runs, dry_run=False)
+            if shutdown.is_requested:  # a signal or the deadline, not a broken listing
+                return _exit_code(jobs, shutdown=shutdown, fatal=None, unreached=True)
+            return abort.exit_code
+        fresh = [job for r in again for job in r.jobs[r.pass_start :]]
+        progress.listed = sum(r.listed for r in runs)
+        selected = sum(len(r.jobs) for r in runs)
+        progress.selected = selected
+        if limit is not None and selected > limit:
+            for job in fresh:
+                job.outcome = Outcome.NOT_ATTEMPTED
+            reason = (
+                f"{selected} tasks selected over {max(r.passes for r in runs)} listing passes, "
+                f"more than --max-deletions allows ({limit}); this pass's {len(fresh)} were not "
+                f"deleted ({_done(jobs)} deleted in earlier passes)"
+            )
+            log.error("run_aborted", reason=reason, exit_code=EXIT_SAFETY_ABORT)
+            _log_unreached(runs, dry_run=False)
+            return EXIT_SAFETY_ABORT
+
+
+def _done(jobs: list[Job]) -> int:
+    return sum(job.outcome in (Outcome.DELETED, Outcome.ALREADY_GONE) for job in jobs)
+
+
+def _log_unreached(runs: list[_TargetRun], *, dry_run: bool) -> bool:
+    """Warn for each target whose last listing was capped; whether there was any."""
+    capped = [r for r in runs if r.capped]
+    for run in capped:
+        log.warning(
+            "listing_incomplete",
+            target=run.label,
+            reason="offset cap",
+            passes=run.passes,
+            unseen=run.unseen,
+            dry_run=dry_run,
+        )
+    return bool(capped)
 
 
 async def _delete(
@@ -466,11 +620,15 @@ def _report_settings(
     return shown
 
 
-def _exit_code(jobs: list[Job], *, shutdown: Shutdown, fatal: OmsError | None) -> int:
+def _exit_code(
+    jobs: list[Job], *, shutdown: Shutdown, fatal: OmsError | None, unreached: bool = False
+) -> int:
     if shutdown.signal_exit_code is not None:
         return shutdown.signal_exit_code
     if fatal is not None:
         return EXIT_FATAL
+    if unreached:  # tasks beyond the offset cap were never seen: some may be eligible
+        return EXIT_TASKS_LEFT
     done = {Outcome.DELETED, Outcome.ALREADY_GONE}
     return EXIT_OK if all(job.outcome in done for job in jobs) else EXIT_TASKS_LEFT
 
