@@ -198,7 +198,10 @@ def test_tightening_a_policy_never_selects_more(
         dataclasses.replace(policy, protect_ids=policy.protect_ids | {extra_protect}),
         dataclasses.replace(policy, name_exclude=(*policy.name_exclude, extra_exclude)),
         dataclasses.replace(policy, older_than=base + extra_age),
-        dataclasses.replace(policy, group_id=policy.group_id if policy.group_id else group),
+        # Only a policy without a group filter gains one: "" is a filter too (no group).
+        dataclasses.replace(
+            policy, group_id=policy.group_id if policy.group_id is not None else group
+        ),
     ]
     if len(policy.states) > 1:
         dropped = sorted(policy.states)[0]
