@@ -20,7 +20,7 @@ from conftest import SimulatorFactory
 from expectations import eligible, validated
 from pydantic import SecretStr
 
-from worker import runner
+from worker import target as target_module
 from worker.oms.auth import AkSk, Credentials, IamToken
 from worker.oms.retry import RetryPolicy
 from worker.runner import run_async
@@ -109,7 +109,9 @@ def now() -> datetime:
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """The client's usual retry budget with millisecond backoff (its delays are tested apart)."""
     monkeypatch.setattr(
-        runner, "RetryPolicy", functools.partial(RetryPolicy, base_delay=0.005, max_delay=0.02)
+        target_module,
+        "RetryPolicy",
+        functools.partial(RetryPolicy, base_delay=0.005, max_delay=0.02),
     )
 
 

@@ -21,10 +21,8 @@ import asyncio
 import random
 import threading
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, nullcontext
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
@@ -32,19 +30,15 @@ import structlog
 from worker import logs, metrics
 from worker.listing import IncompleteListing, Listing, can_list_by_state, list_all, list_states
 from worker.oms.auth import Credentials
-from worker.oms.client import ClientConfig, OmsClient
-from worker.oms.endpoint import resolve_endpoint
-from worker.oms.errors import ErrorInfo, OmsError
-from worker.oms.models import TaskStatus
-from worker.oms.retry import RetryPolicy
+from worker.oms.errors import OmsError
 from worker.outcomes import Outcome
-from worker.policy import Policy, select
+from worker.policy import Policy
 from worker.progress import Progress, ProgressLine
-from worker.ratelimit import AdaptiveRateLimiter
-from worker.report import OffsetCap, TargetSummary, TaskRecord, build_report, write_report
+from worker.report import TaskRecord, build_report, write_report
 from worker.scheduler import Hooks, Job, Scheduler, SchedulerConfig
-from worker.settings import RunSettings, Target, masked_settings
+from worker.settings import RunSettings, masked_settings
 from worker.shutdown import DEADLINE, Shutdown, route_process_signals, signals_handled
+from worker.target import TargetRun, open_target
 
 log = structlog.get_logger("oms_cleanup.run")
 
@@ -63,73 +57,6 @@ class _Abort(Exception):
     def __init__(self, exit_code: int, reason: str) -> None:
         super().__init__(reason)
         self.exit_code = exit_code
-
-
-@dataclass(slots=True)
-class _TargetRun:
-    """One target's client, limiter and what its listing yielded."""
-
-    target: Target
-    label: str
-    client: OmsClient
-    limiter: AdaptiveRateLimiter
-    listed: int = 0
-    # Tasks of the target in any state; more than `listed` when only some states were listed.
-    total: int = 0
-    listed_states: frozenset[TaskStatus] | None = None
-    not_selected: Counter[str] = field(default_factory=Counter)
-    jobs: list[Job] = field(default_factory=list)
-    error: ErrorInfo | None = None
-    # Ids judged in any pass: a task met again later is neither counted nor selected twice.
-    seen: set[int] = field(default_factory=set)
-    passes: int = 0
-    # Where this pass's jobs begin in `jobs`, and how many it added.
-    pass_start: int = 0
-    fresh: int = 0
-    # The last listing was cut short by the offset cap, leaving `unseen` tasks beyond it.
-    capped: bool = False
-    unseen: int = 0
-    cap_hit: bool = False
-
-    def summary(self, *, dry_run: bool) -> TargetSummary:
-        stats = self.client.stats
-        return TargetSummary(
-            label=self.label,
-            project_id=self.target.project_id,
-            region=self.target.region,
-            endpoint=str(self.client.config.endpoint),
-            listed=self.listed,
-            not_selected=dict(self.not_selected),
-            requests={
-                "list": stats.list,
-                "show": stats.show,
-                "delete": stats.delete,
-                "stop": stats.stop,
-            },
-            error=self.error,
-            offset_cap=self._offset_cap(dry_run=dry_run) if self.cap_hit else None,
-        )
-
-    def _offset_cap(self, *, dry_run: bool) -> OffsetCap:
-        if not self.capped:
-            note = (
-                f"OMS caps the listing offset: the run listed again after each pass's "
-                f"deletions, and pass {self.passes} reached every task"
-            )
-        elif dry_run:
-            note = (
-                "OMS caps the listing offset: a dry run deletes nothing, so it judged only the "
-                f"first window; {self.unseen} more tasks exist that it did not see"
-            )
-        else:
-            note = (
-                f"OMS caps the listing offset; after {self.passes} pass(es) the run could not "
-                f"list further (nothing new to delete in the window, or the run stopped): "
-                f"{self.unseen} tasks were not seen, neither judged nor deleted"
-            )
-        return OffsetCap(
-            passes=self.passes, complete=not self.capped, unseen=self.unseen, note=note
-        )
 
 
 def run(*, settings: RunSettings, credentials: Credentials, confirm: Confirm | None) -> int:
@@ -188,7 +115,7 @@ async def _run(
     dry_run = not settings.execute
     progress = Progress()
     line = ProgressLine(progress)
-    runs: list[_TargetRun] = []
+    runs: list[TargetRun] = []
     deadline_reached = False
     exit_code = EXIT_FATAL
     log.info(
@@ -199,7 +126,7 @@ async def _run(
     try:
         async with AsyncExitStack() as stack:
             runs = [
-                await _open_target(stack, target, settings=settings, credentials=credentials)
+                await open_target(stack, target, settings=settings, credentials=credentials)
                 for target in settings.targets
             ]
             timer = loop.call_at(deadline, shutdown.request, DEADLINE)
@@ -277,33 +204,8 @@ async def _run(
         )
 
 
-async def _open_target(
-    stack: AsyncExitStack, target: Target, *, settings: RunSettings, credentials: Credentials
-) -> _TargetRun:
-    endpoint = resolve_endpoint(
-        region=target.region,
-        endpoint=target.endpoint,
-        allow_insecure_http=settings.allow_insecure_http,
-    )
-    limiter = AdaptiveRateLimiter(settings.rate)
-    config = ClientConfig(
-        endpoint=endpoint,
-        project_id=target.project_id,
-        connect_timeout=settings.connect_timeout.total_seconds(),
-        total_timeout=settings.request_timeout.total_seconds(),
-        max_connections=settings.concurrency,
-        ca_bundle=settings.ca_bundle,
-        retry=RetryPolicy(),
-    )
-    client = await stack.enter_async_context(
-        OmsClient(config, credentials=credentials, gate=limiter)
-    )
-    label = f"{target.region or endpoint.host}/{target.project_id}"
-    return _TargetRun(target=target, label=label, client=client, limiter=limiter)
-
-
 async def _list_and_select(
-    runs: list[_TargetRun],
+    runs: list[TargetRun],
     *,
     settings: RunSettings,
     now: datetime,
@@ -319,7 +221,7 @@ async def _list_and_select(
     # Tasks in other states can never be selected, so they need not be listed.
     by_status = list_by_status and can_list_by_state(policy.states)
 
-    async def one(run: _TargetRun) -> None:
+    async def one(run: TargetRun) -> None:
         logs.bind_target(run.label)
         listing: Listing
         try:
@@ -334,47 +236,7 @@ async def _list_and_select(
             raise _Abort(EXIT_FATAL, f"listing {run.label} failed: {error}") from error
         except IncompleteListing as error:
             raise _Abort(EXIT_FATAL, f"listing {run.label} is incomplete: {error}") from error
-        run.passes += 1
-        run.capped = listing.capped
-        run.cap_hit = run.cap_hit or listing.capped
-        run.unseen = listing.unseen
-        if run.passes == 1:
-            run.listed_states = listing.states
-            # Unfiltered, the distinct tasks seen are the base (as many as reported, or more;
-            # a capped listing saw fewer, and the API's count is the base).
-            run.total = (
-                max(len(listing.tasks), listing.reported_count)
-                if listing.states is None
-                else listing.total
-            )
-        fresh = 0
-        for task in listing.tasks:
-            if task.id in run.seen:
-                continue
-            run.seen.add(task.id)
-            run.listed += 1
-            reason = select(task, policy=policy, now=now)
-            if reason is None:
-                run.jobs.append(Job(task=task, project_id=run.target.project_id))
-                fresh += 1
-            else:
-                run.not_selected[str(reason)] += 1
-        run.fresh = fresh
-        log.info(
-            "target_listed",
-            listing_pass=run.passes,
-            capped=listing.capped,
-            unseen=listing.unseen,
-            new_selected=fresh,
-            listed=run.listed,
-            total=run.total,
-            listed_states=None
-            if listing.states is None
-            else sorted(state.label for state in listing.states),
-            pages=listing.pages,
-            selected=len(run.jobs),
-            not_selected=dict(run.not_selected),
-        )
+        run.absorb(listing, policy=policy, now=now)
 
     if shutdown.is_requested:  # a signal before the run began: send nothing
         raise _Abort(EXIT_FATAL, f"stopped ({shutdown.reason}) before listing began")
@@ -446,7 +308,7 @@ async def _ask(
     return answer.result() if answer.done() else None
 
 
-def _guard(runs: list[_TargetRun], *, settings: RunSettings) -> int | None:
+def _guard(runs: list[TargetRun], *, settings: RunSettings) -> int | None:
     """`--max-deletions`: refuse the whole run when more are selected than allowed.
 
     Returns the limit (None without `--max-deletions`), which later passes are held to.
@@ -469,7 +331,7 @@ def _guard(runs: list[_TargetRun], *, settings: RunSettings) -> int | None:
 
 
 async def _delete_in_passes(
-    runs: list[_TargetRun],
+    runs: list[TargetRun],
     *,
     settings: RunSettings,
     confirm: Confirm | None,
@@ -537,7 +399,7 @@ def _done(jobs: list[Job]) -> int:
     return sum(job.outcome in (Outcome.DELETED, Outcome.ALREADY_GONE) for job in jobs)
 
 
-def _log_unreached(runs: list[_TargetRun], *, dry_run: bool) -> bool:
+def _log_unreached(runs: list[TargetRun], *, dry_run: bool) -> bool:
     """Warn for each target whose last listing was capped; whether there was any."""
     capped = [r for r in runs if r.capped]
     for run in capped:
@@ -553,7 +415,7 @@ def _log_unreached(runs: list[_TargetRun], *, dry_run: bool) -> bool:
 
 
 async def _delete(
-    runs: list[_TargetRun],
+    runs: list[TargetRun],
     *,
     settings: RunSettings,
     shutdown: Shutdown,
@@ -595,7 +457,7 @@ async def _delete(
         for run in runs
     ]
 
-    async def one(run: _TargetRun, scheduler: Scheduler) -> None:
+    async def one(run: TargetRun, scheduler: Scheduler) -> None:
         logs.bind_target(run.label)
         await scheduler.run()
 
@@ -604,7 +466,7 @@ async def _delete(
 
 
 def _report_settings(
-    settings: RunSettings, *, credentials: Credentials, runs: list[_TargetRun]
+    settings: RunSettings, *, credentials: Credentials, runs: list[TargetRun]
 ) -> dict[str, object]:
     """The masked settings, plus a note when only some states were listed."""
     shown: dict[str, object] = dict(masked_settings(settings, credentials=credentials))

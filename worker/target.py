@@ -1,0 +1,167 @@
+"""One target of a run: its client and rate limiter, and what its listings selected.
+
+A target is listed in one pass, or in several when OMS caps the listing offset (see
+runner.py); `TargetRun.absorb` judges each pass's tasks so that a task met again is
+neither counted nor selected twice.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from worker.listing import Listing
+from worker.oms.auth import Credentials
+from worker.oms.client import ClientConfig, OmsClient
+from worker.oms.endpoint import resolve_endpoint
+from worker.oms.errors import ErrorInfo
+from worker.oms.models import TaskStatus
+from worker.oms.retry import RetryPolicy
+from worker.policy import Policy, select
+from worker.ratelimit import AdaptiveRateLimiter
+from worker.report import OffsetCap, TargetSummary
+from worker.scheduler import Job
+from worker.settings import RunSettings, Target
+
+log = structlog.get_logger("oms_cleanup.run")
+
+
+@dataclass(slots=True)
+class TargetRun:
+    """One target of a run: its client and limiter, and what its listings yielded."""
+
+    target: Target
+    label: str
+    client: OmsClient
+    limiter: AdaptiveRateLimiter
+    listed: int = 0
+    # Tasks of the target in any state; more than `listed` when only some states were listed.
+    total: int = 0
+    listed_states: frozenset[TaskStatus] | None = None
+    not_selected: Counter[str] = field(default_factory=Counter)
+    jobs: list[Job] = field(default_factory=list)
+    error: ErrorInfo | None = None
+    # Ids judged in any pass: a task met again later is neither counted nor selected twice.
+    seen: set[int] = field(default_factory=set)
+    passes: int = 0
+    # Where this pass's jobs begin in `jobs`, and how many it added.
+    pass_start: int = 0
+    fresh: int = 0
+    # The last listing was cut short by the offset cap, leaving `unseen` tasks beyond it.
+    capped: bool = False
+    unseen: int = 0
+    cap_hit: bool = False
+
+    def absorb(self, listing: Listing, *, policy: Policy, now: datetime) -> None:
+        """Judge one listing pass: count each task once, select or keep it, log the pass."""
+        self.passes += 1
+        self.capped = listing.capped
+        self.cap_hit = self.cap_hit or listing.capped
+        self.unseen = listing.unseen
+        if self.passes == 1:
+            self.listed_states = listing.states
+            # Unfiltered, the distinct tasks seen are the base (as many as reported, or more;
+            # a capped listing saw fewer, and the API's count is the base).
+            self.total = (
+                max(len(listing.tasks), listing.reported_count)
+                if listing.states is None
+                else listing.total
+            )
+        fresh = 0
+        for task in listing.tasks:
+            if task.id in self.seen:
+                continue
+            self.seen.add(task.id)
+            self.listed += 1
+            reason = select(task, policy=policy, now=now)
+            if reason is None:
+                self.jobs.append(Job(task=task, project_id=self.target.project_id))
+                fresh += 1
+            else:
+                self.not_selected[str(reason)] += 1
+        self.fresh = fresh
+        log.info(
+            "target_listed",
+            listing_pass=self.passes,
+            capped=listing.capped,
+            unseen=listing.unseen,
+            new_selected=fresh,
+            listed=self.listed,
+            total=self.total,
+            listed_states=None
+            if listing.states is None
+            else sorted(state.label for state in listing.states),
+            pages=listing.pages,
+            selected=len(self.jobs),
+            not_selected=dict(self.not_selected),
+        )
+
+    def summary(self, *, dry_run: bool) -> TargetSummary:
+        stats = self.client.stats
+        return TargetSummary(
+            label=self.label,
+            project_id=self.target.project_id,
+            region=self.target.region,
+            endpoint=str(self.client.config.endpoint),
+            listed=self.listed,
+            not_selected=dict(self.not_selected),
+            requests={
+                "list": stats.list,
+                "show": stats.show,
+                "delete": stats.delete,
+                "stop": stats.stop,
+            },
+            error=self.error,
+            offset_cap=self._offset_cap(dry_run=dry_run) if self.cap_hit else None,
+        )
+
+    def _offset_cap(self, *, dry_run: bool) -> OffsetCap:
+        if not self.capped:
+            note = (
+                f"OMS caps the listing offset: the run listed again after each pass's "
+                f"deletions, and pass {self.passes} reached every task"
+            )
+        elif dry_run:
+            note = (
+                "OMS caps the listing offset: a dry run deletes nothing, so it judged only the "
+                f"first window; {self.unseen} more tasks exist that it did not see"
+            )
+        else:
+            note = (
+                f"OMS caps the listing offset; after {self.passes} pass(es) the run could not "
+                f"list further (nothing new to delete in the window, or the run stopped): "
+                f"{self.unseen} tasks were not seen, neither judged nor deleted"
+            )
+        return OffsetCap(
+            passes=self.passes, complete=not self.capped, unseen=self.unseen, note=note
+        )
+
+
+async def open_target(
+    stack: AsyncExitStack, target: Target, *, settings: RunSettings, credentials: Credentials
+) -> TargetRun:
+    """Open the target's client (closed with `stack`) behind its own rate limiter."""
+    endpoint = resolve_endpoint(
+        region=target.region,
+        endpoint=target.endpoint,
+        allow_insecure_http=settings.allow_insecure_http,
+    )
+    limiter = AdaptiveRateLimiter(settings.rate)
+    config = ClientConfig(
+        endpoint=endpoint,
+        project_id=target.project_id,
+        connect_timeout=settings.connect_timeout.total_seconds(),
+        total_timeout=settings.request_timeout.total_seconds(),
+        max_connections=settings.concurrency,
+        ca_bundle=settings.ca_bundle,
+        retry=RetryPolicy(),
+    )
+    client = await stack.enter_async_context(
+        OmsClient(config, credentials=credentials, gate=limiter)
+    )
+    label = f"{target.region or endpoint.host}/{target.project_id}"
+    return TargetRun(target=target, label=label, client=client, limiter=limiter)
