@@ -117,13 +117,14 @@ class Harness:
         *,
         credentials: Credentials = AKSK,
         retry: RetryPolicy | None = None,
+        project_id: str = PID,
         total_timeout: float = 5.0,
         seed: int = 7,
     ) -> OmsClient:
         """An OmsClient wired to this harness (not yet opened)."""
         config = ClientConfig(
             endpoint=yarl.URL(endpoint),
-            project_id=PID,
+            project_id=project_id,
             connect_timeout=2.0,
             total_timeout=total_timeout,
             max_connections=4,

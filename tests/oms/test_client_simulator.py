@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import re
 import traceback
 from collections.abc import Awaitable, Callable
@@ -20,13 +19,12 @@ from typing import Any
 import aiohttp
 import pytest
 import structlog
-import yarl
 from conftest import FakeClock as SimClock
 from conftest import SimulatorFactory
 from pydantic import SecretStr
 
 from worker.oms.auth import AkSk, Credentials, IamToken
-from worker.oms.client import ClientConfig, OmsClient
+from worker.oms.client import OmsClient
 from worker.oms.errors import (
     AuthFailed,
     InvalidRequest,
@@ -103,21 +101,12 @@ def open_client(
     total_timeout: float = 5.0,
 ) -> OmsClient:
     """An OmsClient on the harness's recording sleep, stepping clock and counting gate."""
-    config = ClientConfig(
-        endpoint=yarl.URL(handle.url),
-        project_id=project_id,
-        connect_timeout=2.0,
-        total_timeout=total_timeout,
-        max_connections=4,
-        retry=retry if retry is not None else RetryPolicy(max_attempts=3),
-    )
-    return OmsClient(
-        config,
+    return harness.client(
+        handle.url,
         credentials=credentials,
-        gate=harness.gate,
-        sleep=harness.sleep,
-        now=harness.clock,
-        rng=random.Random(7),
+        retry=retry,
+        project_id=project_id,
+        total_timeout=total_timeout,
     )
 
 
