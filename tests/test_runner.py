@@ -227,6 +227,17 @@ def running_population(*, pausing_delay: timedelta, migrating: float = 0.5) -> d
     }
 
 
+# Migrating and finished tasks older than a minute: stop the migrating ones, then delete all,
+# retrying refused deletes every 50 ms.
+STOP_AND_DELETE: dict[str, Any] = {
+    "older_than": "1m",
+    "states": "migrating,succeeded",
+    "stop_running": True,
+    "requeue_delay": "50ms",
+    "execute": True,
+}
+
+
 async def test_stopped_tasks_are_requeued_until_deleted(
     make_simulator: SimulatorFactory, tmp_path: Path, now: datetime
 ) -> None:
@@ -242,17 +253,7 @@ async def test_stopped_tasks_are_requeued_until_deleted(
     )
     assert migrating <= expected
 
-    run = await run_against(
-        sim,
-        tmp_path,
-        now=now,
-        older_than="1m",
-        states="migrating,succeeded",
-        stop_running=True,
-        requeue_delay="50ms",
-        max_attempts="20",
-        execute=True,
-    )
+    run = await run_against(sim, tmp_path, now=now, **STOP_AND_DELETE, max_attempts="20")
 
     assert run.exit_code == 0
     assert run.deleted_by_simulator == run.outcomes("deleted") == expected
@@ -282,17 +283,7 @@ async def test_deadline_before_tasks_stop_reports_still_running(
     assert migrating, "population too small for this test"
     assert finished, "population too small for this test"
 
-    run = await run_against(
-        sim,
-        tmp_path,
-        now=now,
-        older_than="1m",
-        states="migrating,succeeded",
-        stop_running=True,
-        requeue_delay="50ms",
-        deadline="1s",
-        execute=True,
-    )
+    run = await run_against(sim, tmp_path, now=now, **STOP_AND_DELETE, deadline="1s")
 
     assert run.exit_code == 1
     assert run.report["exit_code"] == 1
