@@ -138,7 +138,6 @@ async def _run(
                     settings=settings,
                     now=now(),
                     shutdown=shutdown,
-                    list_by_status=settings.list_by_status,
                 )
                 progress.listed = sum(r.listed for r in runs)
                 progress.selected = sum(len(r.jobs) for r in runs)
@@ -210,7 +209,6 @@ async def _list_and_select(
     settings: RunSettings,
     now: datetime,
     shutdown: Shutdown,
-    list_by_status: bool = False,
 ) -> None:
     """List every target (concurrently) and select; any failure aborts before deleting.
 
@@ -219,7 +217,7 @@ async def _list_and_select(
     """
     policy = Policy.from_settings(settings)
     # Tasks in other states can never be selected, so they need not be listed.
-    by_status = list_by_status and can_list_by_state(policy.states)
+    by_status = settings.list_by_status and can_list_by_state(policy.states)
 
     async def one(run: TargetRun) -> None:
         logs.bind_target(run.label)
@@ -370,7 +368,6 @@ async def _delete_in_passes(
                 settings=settings,
                 now=now(),
                 shutdown=shutdown,
-                list_by_status=settings.list_by_status,
             )
         except _Abort as abort:
             log.error("run_aborted", reason=str(abort), exit_code=abort.exit_code)
