@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TextIO
 
 from worker import __version__
 from worker.credentials import load_credentials
+from worker.exit_codes import EXIT_OK, EXIT_USAGE
 from worker.oms.auth import AkSk, Credentials
 from worker.settings import (
     ConfigError,
@@ -27,8 +28,6 @@ from worker.settings import (
 )
 
 PROG = "oms-cleanup"
-EXIT_OK = 0
-EXIT_USAGE = 2
 
 Confirm = Callable[[int, Sequence[str]], bool]
 

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 import structlog
 
 from worker import logs, metrics
+from worker.exit_codes import EXIT_FATAL, EXIT_OK, EXIT_SAFETY_ABORT, EXIT_TASKS_LEFT
 from worker.listing import IncompleteListing, Listing, can_list_by_state, list_all, list_states
 from worker.oms.auth import Credentials
 from worker.oms.errors import OmsError
@@ -42,11 +43,6 @@ from worker.target import TargetRun, open_target
 
 log = structlog.get_logger("oms_cleanup.run")
 
-EXIT_OK = 0
-EXIT_TASKS_LEFT = 1
-EXIT_USAGE = 2
-EXIT_SAFETY_ABORT = 3
-EXIT_FATAL = 4
 
 Confirm = Callable[[int, Sequence[str]], bool]
 

@@ -25,9 +25,9 @@ import pytest
 import yaml
 from dockerfile_model import DOCKERFILE, REPO, parse_dockerfile
 
-from worker.cli import EXIT_OK, run_cli
+from worker.cli import run_cli
 from worker.durations import parse_duration
-from worker.runner import EXIT_SAFETY_ABORT, EXIT_TASKS_LEFT, EXIT_USAGE
+from worker.exit_codes import EXIT_OK, EXIT_SAFETY_ABORT, EXIT_TASKS_LEFT, EXIT_USAGE
 from worker.settings import SECRET_FILE_NAMES
 
 K8S = REPO / "config" / "k8s"
