@@ -27,6 +27,7 @@ from worker.runner import run_async
 from worker.settings import load_settings
 from worker.simulator.config import (
     DEFAULT_ACCESS_KEY,
+    DEFAULT_CLIENT_CREDENTIALS,
     DEFAULT_IAM_TOKEN,
     DEFAULT_PROJECT_ID,
     DEFAULT_SECRET_KEY,
@@ -35,7 +36,6 @@ from worker.simulator.config import (
 from worker.simulator.faults import NO_FAULTS, FaultConfig, FaultInjector, FaultPlan, Malformation
 from worker.simulator.server import SimulatorHandle
 
-CREDENTIALS = AkSk(access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr(DEFAULT_SECRET_KEY))
 SECOND_PROJECT = "fedcba9876543210fedcba9876543210"
 OLDER_THAN = timedelta(days=1)
 
@@ -74,7 +74,7 @@ async def run_against(
     tmp_path: Path,
     *,
     now: datetime,
-    credentials: Credentials = CREDENTIALS,
+    credentials: Credentials = DEFAULT_CLIENT_CREDENTIALS,
     **flags: Any,
 ) -> Finished:
     """One executing run with a 60 s deadline (unless overridden); report and record after."""

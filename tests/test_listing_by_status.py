@@ -15,19 +15,21 @@ from typing import Any
 
 import pytest
 from conftest import SimulatorFactory
-from pydantic import SecretStr
 
 from worker.cli import run_cli
 from worker.listing import can_list_by_state
-from worker.oms.auth import AkSk
 from worker.oms.models import TaskStatus
 from worker.report import load_report
 from worker.runner import run_async
 from worker.settings import load_settings
-from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_PROJECT_ID, DEFAULT_SECRET_KEY
+from worker.simulator.config import (
+    DEFAULT_ACCESS_KEY,
+    DEFAULT_CLIENT_CREDENTIALS,
+    DEFAULT_PROJECT_ID,
+    DEFAULT_SECRET_KEY,
+)
 from worker.simulator.server import SimulatorHandle
 
-CREDENTIALS = AkSk(access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr(DEFAULT_SECRET_KEY))
 TASKS = 600
 FAILED = 4
 
@@ -50,7 +52,9 @@ async def _run(
         },
         environ={},
     )
-    code = await run_async(settings=settings, credentials=CREDENTIALS, handle_signals=False)
+    code = await run_async(
+        settings=settings, credentials=DEFAULT_CLIENT_CREDENTIALS, handle_signals=False
+    )
     return code, load_report(report), sim.state.snapshot()
 
 

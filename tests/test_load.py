@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 from conftest import SimulatorFactory
 from expectations import eligible, validated
-from pydantic import SecretStr
 
 from worker import logs
-from worker.oms.auth import AkSk
 from worker.runner import run_async
 from worker.settings import load_settings
-from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_PROJECT_ID, DEFAULT_SECRET_KEY
+from worker.simulator.config import (
+    DEFAULT_CLIENT_CREDENTIALS,
+    DEFAULT_PROJECT_ID,
+)
 
 TASKS = 50_000
 OLDER_THAN = timedelta(days=7)
@@ -63,7 +64,7 @@ async def test_fifty_thousand_tasks(
         },
         environ={},
     )
-    credentials = AkSk(access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr(DEFAULT_SECRET_KEY))
+    credentials = DEFAULT_CLIENT_CREDENTIALS
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started_at = time.monotonic()
 

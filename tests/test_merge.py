@@ -13,11 +13,9 @@ from typing import Any
 import jsonschema
 import pytest
 from conftest import SimulatorFactory
-from pydantic import SecretStr
 
 from worker.cli import run_cli
 from worker.merge import MergeError, merge_report_files, merge_reports, most_severe_exit_code
-from worker.oms.auth import AkSk
 from worker.oms.errors import ErrorInfo
 from worker.outcomes import Outcome
 from worker.report import (
@@ -30,7 +28,9 @@ from worker.report import (
 )
 from worker.runner import run_async
 from worker.settings import load_settings
-from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
+from worker.simulator.config import (
+    DEFAULT_CLIENT_CREDENTIALS,
+)
 
 T0 = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
 
@@ -424,7 +424,7 @@ async def test_merged_shards_match_the_simulator(
         ),
         encoding="utf-8",
     )
-    credentials = AkSk(access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr(DEFAULT_SECRET_KEY))
+    credentials = DEFAULT_CLIENT_CREDENTIALS
     reports = []
     for index in range(2):
         settings = load_settings(

@@ -16,15 +16,17 @@ import pytest
 import structlog
 from conftest import SimulatorFactory
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import SecretStr
 
 from worker import metrics
-from worker.oms.auth import AkSk
 from worker.outcomes import Outcome
 from worker.report import TargetSummary, TaskRecord, build_report, load_report
 from worker.runner import run_async
 from worker.settings import load_settings
-from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_PROJECT_ID, DEFAULT_SECRET_KEY
+from worker.simulator.config import (
+    DEFAULT_CLIENT_CREDENTIALS,
+    DEFAULT_PROJECT_ID,
+    DEFAULT_SECRET_KEY,
+)
 
 FINISHED = datetime(2026, 11, 27, 3, 4, 5, tzinfo=UTC)
 OUTCOMES = ["deleted"] * 3 + ["already_gone"] * 2 + ["still_running", "failed"]
@@ -371,7 +373,7 @@ async def test_a_real_runs_report_publishes(
         },
         environ={},
     )
-    credentials = AkSk(access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr(DEFAULT_SECRET_KEY))
+    credentials = DEFAULT_CLIENT_CREDENTIALS
     code = await run_async(settings=settings, credentials=credentials, handle_signals=False)
     report = load_report(tmp_path / "r.json")
     publish(report, pushgateway=gateway.url, textfile=tmp_path / "m.prom")

@@ -28,6 +28,7 @@ from worker.runner import run_async
 from worker.settings import load_settings
 from worker.simulator.config import (
     DEFAULT_ACCESS_KEY,
+    DEFAULT_CLIENT_CREDENTIALS,
     DEFAULT_IAM_TOKEN,
     DEFAULT_PROJECT_ID,
     DEFAULT_SECRET_KEY,
@@ -39,7 +40,6 @@ from worker.simulator.server import SimulatorHandle
 from worker.simulator.state import PAUSED, PAUSING, SUCCEEDED
 from worker.simulator.state import RUNNING as MIGRATING
 
-CREDENTIALS = AkSk(access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr(DEFAULT_SECRET_KEY))
 # A status code the API reference does not know (the population's stand-in is 9).
 UNKNOWN = 9
 SECOND_PROJECT = "fedcba9876543210fedcba9876543210"
@@ -100,7 +100,7 @@ async def run_against(
     tmp_path: Path,
     *,
     now: datetime,
-    credentials: Credentials = CREDENTIALS,
+    credentials: Credentials = DEFAULT_CLIENT_CREDENTIALS,
     config_file: Path | None = None,
     **flags: Any,
 ) -> Finished:

@@ -8,16 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from conftest import SimulatorFactory
-from pydantic import SecretStr
 
-from worker.oms.auth import AkSk
 from worker.report import load_report
 from worker.runner import run_async
 from worker.settings import RunSettings, load_settings
 from worker.shutdown import Shutdown
-from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_PROJECT_ID, DEFAULT_SECRET_KEY
-
-CREDENTIALS = AkSk(access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr(DEFAULT_SECRET_KEY))
+from worker.simulator.config import (
+    DEFAULT_CLIENT_CREDENTIALS,
+    DEFAULT_PROJECT_ID,
+)
 
 
 def _settings(url: str, report: Path) -> RunSettings:
@@ -46,7 +45,7 @@ async def test_declined_confirmation_deletes_nothing(
 
     code = await run_async(
         settings=_settings(sim.url, tmp_path / "r.json"),
-        credentials=CREDENTIALS,
+        credentials=DEFAULT_CLIENT_CREDENTIALS,
         confirm=decline,
         handle_signals=False,
     )
@@ -78,7 +77,7 @@ async def test_signal_while_prompting_stops_the_run(
     interrupter = asyncio.create_task(interrupt_when_prompting())
     code = await run_async(
         settings=_settings(sim.url, tmp_path / "r.json"),
-        credentials=CREDENTIALS,
+        credentials=DEFAULT_CLIENT_CREDENTIALS,
         confirm=wait_forever,
         shutdown=shutdown,
         handle_signals=False,

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import SimulatorFactory
-from pydantic import SecretStr
 
-from worker.oms.auth import AkSk
 from worker.report import load_report
 from worker.runner import run_async
 from worker.settings import load_settings
-from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_PROJECT_ID, DEFAULT_SECRET_KEY
+from worker.simulator.config import (
+    DEFAULT_CLIENT_CREDENTIALS,
+    DEFAULT_PROJECT_ID,
+)
 
 
 def _samples(text: str) -> dict[str, float]:
@@ -42,7 +43,7 @@ async def test_run_writes_metrics_textfile(
     )
     code = await run_async(
         settings=settings,
-        credentials=AkSk(access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr(DEFAULT_SECRET_KEY)),
+        credentials=DEFAULT_CLIENT_CREDENTIALS,
         handle_signals=False,
     )
     summary = load_report(tmp_path / "r.json")["summary"]

@@ -16,16 +16,16 @@ from typing import Any
 import pytest
 from conftest import SimulatorFactory
 from expectations import eligible, validated
-from pydantic import SecretStr
 
-from worker.oms.auth import AkSk
 from worker.runner import run_async
 from worker.settings import load_settings
-from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_PROJECT_ID, DEFAULT_SECRET_KEY
+from worker.simulator.config import (
+    DEFAULT_CLIENT_CREDENTIALS,
+    DEFAULT_PROJECT_ID,
+)
 from worker.simulator.server import SimulatorHandle
 from worker.simulator.state import FAILED
 
-CREDENTIALS = AkSk(access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr(DEFAULT_SECRET_KEY))
 TASKS = 2_500
 MAX_OFFSET = 1_000
 # Pages at offsets 0, 100, ..., 1000 are accepted: eleven pages of 100.
@@ -91,7 +91,10 @@ async def _run(sim: SimulatorHandle, tmp_path: Path, *, now: datetime, **flags: 
         environ={},
     )
     code = await run_async(
-        settings=settings, credentials=CREDENTIALS, now=lambda: now, handle_signals=False
+        settings=settings,
+        credentials=DEFAULT_CLIENT_CREDENTIALS,
+        now=lambda: now,
+        handle_signals=False,
     )
     return Capped(exit_code=code, report=validated(report), truth=sim.state.snapshot())
 

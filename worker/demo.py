@@ -13,17 +13,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from pydantic import SecretStr
-
 from worker import logs
-from worker.oms.auth import AkSk
 from worker.report import load_report
 from worker.runner import run_async
 from worker.settings import load_settings
 from worker.simulator.config import (
-    DEFAULT_ACCESS_KEY,
+    DEFAULT_CLIENT_CREDENTIALS,
     DEFAULT_PROJECT_ID,
-    DEFAULT_SECRET_KEY,
     SimulatorConfig,
     TimingConfig,
 )
@@ -76,7 +72,7 @@ async def run_demo(
             },
             environ={},
         )
-        credentials = AkSk(access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr(DEFAULT_SECRET_KEY))
+        credentials = DEFAULT_CLIENT_CREDENTIALS
         out.write(
             "Cleanup: states succeeded,failed,paused; older than 7d; names *db-dumps* excluded; "
             "300 requests/s, 32 in flight\n"

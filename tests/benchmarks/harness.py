@@ -25,15 +25,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from pydantic import SecretStr
-
 from worker import logs
-from worker.oms.auth import AkSk
 from worker.report import load_report
 from worker.runner import run_async
 from worker.settings import load_settings
 from worker.simulator.config import (
     DEFAULT_ACCESS_KEY,
+    DEFAULT_CLIENT_CREDENTIALS,
     DEFAULT_PROJECT_ID,
     DEFAULT_SECRET_KEY,
     SimulatorConfig,
@@ -43,7 +41,6 @@ from worker.simulator.population import DEFAULT_STATUS_WEIGHTS, PopulationConfig
 from worker.simulator.server import run_simulator
 
 PROJECT_ID = DEFAULT_PROJECT_ID
-CREDENTIALS = AkSk(access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr(DEFAULT_SECRET_KEY))
 # Every task of an all-finished population is older than this, so every task is selected.
 OLDER_THAN = "12h"
 LATENCY_MS = 20.0
@@ -225,7 +222,7 @@ async def run_worker(
         cpu0, wall0 = time.process_time(), time.perf_counter()
         exit_code = await run_async(
             settings=settings,
-            credentials=CREDENTIALS,
+            credentials=DEFAULT_CLIENT_CREDENTIALS,
             handle_signals=False,
         )
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0

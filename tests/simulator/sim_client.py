@@ -19,16 +19,15 @@ from multidict import CIMultiDict
 from pydantic import SecretStr
 
 from worker.oms import signing
-from worker.oms.auth import AkSk, Credentials, IamToken, auth_headers
+from worker.oms.auth import Credentials, IamToken, auth_headers
 from worker.simulator.config import (
-    DEFAULT_ACCESS_KEY,
+    DEFAULT_CLIENT_CREDENTIALS,
     DEFAULT_IAM_TOKEN,
     DEFAULT_PROJECT_ID,
-    DEFAULT_SECRET_KEY,
 )
 from worker.simulator.server import SimulatorHandle
 
-DEFAULT_AKSK = AkSk(access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr(DEFAULT_SECRET_KEY))
+DEFAULT_AKSK = DEFAULT_CLIENT_CREDENTIALS
 DEFAULT_TOKEN = IamToken(token=SecretStr(DEFAULT_IAM_TOKEN))
 
 

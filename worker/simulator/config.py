@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from pydantic import SecretStr
+
+from worker.oms.auth import AkSk
 from worker.simulator.faults import FaultConfig
 from worker.simulator.population import PopulationConfig
 
@@ -13,6 +16,10 @@ DEFAULT_PROJECT_ID = "0123456789abcdef0123456789abcdef"
 DEFAULT_ACCESS_KEY = "AKTESTAKTESTAKTEST01"
 DEFAULT_SECRET_KEY = "SKtestSKtestSKtestSKtestSKtestSKtest0001"  # noqa: S105
 DEFAULT_IAM_TOKEN = "MIIsimulatorIAMtoken-0001"  # noqa: S105
+# The same default key as the worker's credentials: for the demo, tests and benchmarks.
+DEFAULT_CLIENT_CREDENTIALS = AkSk(
+    access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr(DEFAULT_SECRET_KEY)
+)
 
 
 @dataclass(frozen=True, slots=True)
