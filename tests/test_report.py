@@ -280,6 +280,7 @@ def test_summary_counts_are_derived_from_records() -> None:
         "failed": 1,
         "would_delete": 0,
         "not_attempted": 1,
+        "changed": 0,
     }
     assert summary["listed"] == 14
     assert summary["not_selected"] == {"protected": 1, "state": 2, "too_young": 4}
@@ -537,3 +538,24 @@ def test_load_rejects_non_reports(tmp_path: Path, content: str, message: str) ->
     path.write_text(content)
     with pytest.raises(ReportFormatError, match=message):
         load_report(path)
+
+
+def test_changed_outcome_is_counted_and_valid(validator: jsonschema.Draft202012Validator) -> None:
+    """A task the policy no longer selected on re-judging: its own count, a valid report."""
+    records = [
+        _record(1, Outcome.DELETED),
+        _record(2, Outcome.CHANGED),
+        _record(3, Outcome.CHANGED),
+    ]
+    report = _build(records)
+    assert validator.is_valid(report)
+    assert report["summary"]["changed"] == 2
+    assert report["summary"]["targets"][0]["changed"] == 2
+    assert {t["id"]: t["outcome"] for t in report["tasks"]} == {
+        1: "deleted",
+        2: "changed",
+        3: "changed",
+    }
+    # The count is required like every outcome's: a report without it is not this schema's.
+    del report["summary"]["changed"]
+    assert not validator.is_valid(report)

@@ -103,6 +103,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     pace.add_argument("--max-attempts", metavar="N", help="delete attempts per task")
     pace.add_argument("--deadline", metavar="DURATION", help="time limit for the whole run")
     pace.add_argument(
+        "--max-staleness",
+        metavar="DURATION",
+        help="read a task again before deleting it on a judgement older than this",
+    )
+    pace.add_argument(
         "--max-deletions", metavar="N|N%", help="refuse the run if more would be deleted"
     )
     pace.add_argument(

@@ -9,7 +9,8 @@ Gauges, all carrying the grouping labels (by default `shard` and `targets`, so t
 independent deployments never overwrite each other's series):
 
     oms_cleanup_tasks_{listed,selected,deleted,already_gone,still_running,failed,
-                       would_delete,not_attempted}     the run's totals (per project: the report)
+                       would_delete,not_attempted,changed}
+                                                       the run's totals (per project: the report)
     oms_cleanup_run_duration_seconds                   finished_at - started_at
     oms_cleanup_run_exit_code                          the process exit code
     oms_cleanup_run_dry_run                            1 for a dry run, else 0
@@ -56,6 +57,7 @@ TASK_COUNTS = (
     "failed",
     "would_delete",
     "not_attempted",
+    "changed",
 )
 _LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 

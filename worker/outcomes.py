@@ -32,6 +32,14 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"
     WOULD_DELETE = "would_delete"
     NOT_ATTEMPTED = "not_attempted"
+    # Judged again before a delete (see freshness.py), the policy no longer selects the task as
+    # it is now (a person retried or renamed it, say): not deleted.
+    CHANGED = "changed"
+
+
+# Outcomes that leave nothing behind that the policy wants gone: a run whose every selected
+# task ended in one of these finished its work.
+DONE_OUTCOMES = frozenset({Outcome.DELETED, Outcome.ALREADY_GONE, Outcome.CHANGED})
 
 
 @dataclass(frozen=True, slots=True)

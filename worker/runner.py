@@ -29,10 +29,11 @@ import structlog
 
 from worker import logs, metrics
 from worker.exit_codes import EXIT_FATAL, EXIT_OK, EXIT_SAFETY_ABORT, EXIT_TASKS_LEFT
+from worker.freshness import Refresher
 from worker.listing import IncompleteListing, Listing, can_list_by_state, list_all, list_states
 from worker.oms.auth import Credentials
 from worker.oms.errors import OmsError
-from worker.outcomes import Outcome
+from worker.outcomes import DONE_OUTCOMES, Outcome
 from worker.policy import Policy
 from worker.progress import Progress, ProgressLine
 from worker.report import TaskRecord, build_report, write_report
@@ -164,6 +165,7 @@ async def _run(
                     rng=rng,
                     progress=progress,
                     line=line,
+                    now=now,
                 ),
                 progress=progress,
             )
@@ -217,6 +219,8 @@ async def _list_and_select(
 
     async def one(run: TargetRun) -> None:
         logs.bind_target(run.label)
+        # Pages are read after this moment: the age of every judgement this pass makes.
+        listed_at = asyncio.get_running_loop().time()
         listing: Listing
         try:
             if by_status:
@@ -231,6 +235,8 @@ async def _list_and_select(
         except IncompleteListing as error:
             raise _Abort(EXIT_FATAL, f"listing {run.label} is incomplete: {error}") from error
         run.absorb(listing, policy=policy, now=now)
+        for job in run.jobs[run.pass_start :]:
+            job.judged_at = listed_at
 
     if shutdown.is_requested:  # a signal before the run began: send nothing
         raise _Abort(EXIT_FATAL, f"stopped ({shutdown.reason}) before listing began")
@@ -389,7 +395,7 @@ async def _delete_in_passes(
 
 
 def _done(jobs: list[Job]) -> int:
-    return sum(job.outcome in (Outcome.DELETED, Outcome.ALREADY_GONE) for job in jobs)
+    return sum(job.outcome in DONE_OUTCOMES for job in jobs)
 
 
 def _log_unreached(runs: list[TargetRun], *, dry_run: bool) -> bool:
@@ -416,6 +422,7 @@ async def _delete(
     rng: random.Random | None,
     progress: Progress,
     line: ProgressLine,
+    now: Callable[[], datetime],
 ) -> OmsError | None:
     """One scheduler per target, all at once; returns the fatal error that stopped them."""
     config = SchedulerConfig(
@@ -437,6 +444,22 @@ async def _delete(
         progress.requeued += 1
         line.refresh()
 
+    policy = Policy.from_settings(settings)
+    loop = asyncio.get_running_loop()
+
+    def refresher(run: TargetRun) -> Refresher:
+        return Refresher(
+            source=run.client,
+            jobs=run.jobs,
+            policy=policy,
+            max_staleness=settings.max_staleness.total_seconds(),
+            # A request may wait this long at the limiter (a slot per worker ahead of it).
+            headroom=settings.concurrency / settings.rate,
+            not_selected=run.not_selected,
+            now=now,
+            clock=loop.time,
+        )
+
     schedulers = [
         Scheduler(
             api=run.client,
@@ -446,6 +469,7 @@ async def _delete(
             deadline=deadline,
             rng=rng,
             hooks=Hooks(on_finish=finished, on_requeue=requeued),
+            judge=refresher(run),
         )
         for run in runs
     ]
@@ -484,8 +508,7 @@ def _exit_code(
         return EXIT_FATAL
     if unreached:  # tasks beyond the offset cap were never seen: some may be eligible
         return EXIT_TASKS_LEFT
-    done = {Outcome.DELETED, Outcome.ALREADY_GONE}
-    return EXIT_OK if all(job.outcome in done for job in jobs) else EXIT_TASKS_LEFT
+    return EXIT_OK if all(job.outcome in DONE_OUTCOMES for job in jobs) else EXIT_TASKS_LEFT
 
 
 def _record(job: Job) -> TaskRecord:

@@ -35,6 +35,13 @@ class TaskApi(Protocol):
     async def stop_task(self, task_id: int) -> None: ...
 
 
+class Judge(Protocol):
+    """Consulted before each delete or stop (`freshness.Refresher`): None to go on, else the
+    outcome the job ends with without a request (its task no longer selected, or gone)."""
+
+    async def judge(self, job: Job) -> Outcome | None: ...
+
+
 @dataclass(slots=True, eq=False)
 class Job:
     """One selected task on its way to an outcome."""
@@ -46,6 +53,8 @@ class Job:
     refused_as_running: bool = False
     outcome: Outcome | None = None
     last_error: ErrorInfo | None = None
+    # Loop time at which `task` was read (listed or refreshed); None when unknown (stale).
+    judged_at: float | None = None
 
     def log_fields(self) -> dict[str, object]:
         """What every event about this task carries: which task, which try, what OMS said."""
@@ -94,8 +103,10 @@ class Scheduler:
         deadline: float,
         rng: random.Random | None = None,
         hooks: Hooks | None = None,
+        judge: Judge | None = None,
     ) -> None:
         self._api = api
+        self._judge = judge
         self._jobs = jobs
         self._config = config
         self._shutdown = shutdown
@@ -169,6 +180,8 @@ class Scheduler:
             worker.cancel()
 
     async def _process(self, job: Job) -> None:
+        if self._judge is not None and not await self._rejudged(job, self._judge):
+            return
         task = job.task
         if self._config.stop_running and task.status is TaskStatus.MIGRATING and not job.stop_sent:
             await self._stop_first(job)
@@ -184,6 +197,22 @@ class Scheduler:
             job.last_error = None
             job.refused_as_running = False
             self._finish(job, Outcome.DELETED)
+
+    async def _rejudged(self, job: Job, judge: Judge) -> bool:
+        """Whether the job still goes on to its request after its judgement was checked."""
+        try:
+            verdict = await judge.judge(job)
+        except OmsError as error:
+            job.last_error = error.info
+            self._act(job, error)
+            return False
+        if verdict is not None:
+            self._finish(job, verdict)
+            return False
+        if self._shutdown.is_requested:  # stopped while the task was read again
+            self._finish_unstarted(job)
+            return False
+        return True
 
     async def _stop_first(self, job: Job) -> None:
         """Pause a migrating task, then come back to delete it once it had time to stop."""
