@@ -17,11 +17,12 @@ from worker.freshness import (
     rejudge,
     relist_pages,
 )
-from worker.oms.errors import ErrorInfo, ServerError, TaskNotFound
+from worker.oms.errors import ErrorInfo, ServerError, TaskNotFound, TaskRunning
 from worker.oms.models import Task, TaskPage, TaskStatus
 from worker.outcomes import Outcome
 from worker.policy import Policy, SkipReason
-from worker.scheduler import Job
+from worker.scheduler import Job, Scheduler, SchedulerConfig
+from worker.shutdown import DEADLINE, Shutdown
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 OLD = int((NOW - timedelta(days=60)).timestamp() * 1000)
@@ -342,3 +343,88 @@ async def test_finished_jobs_are_not_counted_or_refreshed() -> None:
     assert refresher.relists == 0
     assert source.gets == 10
     assert all(job.judged_at == 1000.0 for job in jobs[:290])
+
+
+class RefusingApi:
+    """Deletes that answer OMS.0063 for the ids in `running`, else succeed; stops succeed."""
+
+    def __init__(self, running: set[int]) -> None:
+        self.running = running
+        self.deletes: list[int] = []
+
+    async def delete_task(self, task_id: int) -> None:
+        self.deletes.append(task_id)
+        if task_id in self.running:
+            raise TaskRunning(ErrorInfo(method="DELETE", path=f"/tasks/{task_id}", http_status=400))
+
+    async def stop_task(self, task_id: int) -> None:
+        return None
+
+
+async def _schedule(
+    refresher: Refresher, jobs: list[Job], api: RefusingApi, shutdown: Shutdown | None = None
+) -> None:
+    config = SchedulerConfig(concurrency=4, max_attempts=5, requeue_delay=0.01, grace=1.0)
+    loop = asyncio.get_running_loop()
+    scheduler = Scheduler(
+        api=api,
+        jobs=jobs,
+        config=config,
+        shutdown=shutdown or Shutdown(),
+        deadline=loop.time() + 30,
+        judge=refresher,
+    )
+    await scheduler.run()
+
+
+async def test_scheduler_ends_a_retried_task_changed_without_a_second_delete() -> None:
+    """Refused, read again, retried by a person meanwhile: `changed`, one delete only."""
+    source, jobs, _, refresher = _setup(6)
+    source.tasks[2]["status"] = 2
+    source.tasks[3]["status"] = 2
+    api = RefusingApi(running={2, 3})
+    await _schedule(refresher, jobs, api)
+    assert sorted(api.deletes) == [1, 2, 3, 4, 5, 6]
+    assert [job.outcome for job in jobs] == [
+        Outcome.DELETED,
+        Outcome.CHANGED,
+        Outcome.CHANGED,
+        Outcome.DELETED,
+        Outcome.DELETED,
+        Outcome.DELETED,
+    ]
+    assert jobs[1].task.status is TaskStatus.MIGRATING
+    assert source.gets == 2
+
+
+async def test_scheduler_retries_a_refused_task_still_selected() -> None:
+    """Refused, read again, still failed (OMS was slow to let go): deleted on the next try."""
+    source, jobs, _, refresher = _setup(2)
+    api = RefusingApi(running={1})
+
+    async def settle() -> None:
+        await asyncio.sleep(0.05)
+        api.running.clear()
+
+    settling = asyncio.create_task(settle())
+    await _schedule(refresher, jobs, api)
+    await settling
+    assert [job.outcome for job in jobs] == [Outcome.DELETED, Outcome.DELETED]
+    assert jobs[0].attempts >= 2
+    assert source.gets == jobs[0].attempts - 1  # read again before every retry
+
+
+async def test_scheduler_sends_nothing_for_stale_jobs_after_a_stop_during_refresh() -> None:
+    """A stop while tasks are being read again: their deletes are never sent."""
+    source, jobs, clock, refresher = _setup(250)
+    clock.value += 700
+    source.gate.clear()
+    api = RefusingApi(running=set())
+    shutdown = Shutdown()
+    running = asyncio.create_task(_schedule(refresher, jobs, api, shutdown))
+    await asyncio.sleep(0.01)
+    shutdown.request(DEADLINE)
+    source.gate.set()
+    await running
+    assert api.deletes == []
+    assert {job.outcome for job in jobs} == {Outcome.NOT_ATTEMPTED}

@@ -37,7 +37,7 @@ import structlog
 
 from worker.listing import PAGE_SIZE, can_list_by_state
 from worker.oms.errors import OmsError, TaskNotFound
-from worker.oms.models import Task, TaskPage, TaskStatus
+from worker.oms.models import ACTIVE_STATES, Task, TaskPage, TaskStatus
 from worker.outcomes import Outcome
 from worker.policy import Policy, SkipReason, select
 from worker.scheduler import Job
@@ -166,6 +166,7 @@ class Refresher:
         self._states: tuple[TaskStatus, ...] | None = (
             tuple(sorted(policy.states)) if can_list_by_state(policy.states) else None
         )
+        self._lists_active = self._states is None or bool(policy.states & ACTIVE_STATES)
         self._judged: dict[Job, _Judged] = {}
         self._relist: asyncio.Task[None] | None = None
         self._relist_started: float | None = None
@@ -183,16 +184,27 @@ class Refresher:
             await self._refresh(job)
         return self._verdict(job)
 
-    def _due(self, job: Job) -> bool:
+    def _refused_since_judged(self, job: Job) -> bool:
         judged = self._judged.get(job)
-        attempts = judged.attempts if judged is not None else 0
+        return job.refused_as_running and job.attempts > (judged.attempts if judged else 0)
+
+    def _due(self, job: Job) -> bool:
         return needs_refresh(
             judged_at=job.judged_at,
             now=self._clock(),
             max_staleness=self._max_staleness,
-            refused_since_judged=job.refused_as_running and job.attempts > attempts,
+            refused_since_judged=self._refused_since_judged(job),
             headroom=self._headroom,
         )
+
+    def _relist_shows(self, job: Job) -> bool:
+        """Whether a re-list can be expected to show this due job."""
+        started = self._relist_started
+        if started is not None and (job.judged_at or 0.0) < started:
+            return False  # a re-list already missed it: listing again would likely miss it too
+        # A task refused as running is in an active state: a re-list of only finished states
+        # would not show it.
+        return not self._refused_since_judged(job) or self._lists_active
 
     def _verdict(self, job: Job) -> Outcome | None:
         judged = self._judged.get(job)
@@ -219,14 +231,8 @@ class Refresher:
         await self._get(job)
 
     def _worth_relisting(self) -> bool:
-        started = self._relist_started
         pending = [job for job in self._jobs if job.outcome is None]
-        # A job a re-list already missed goes to GET: listing again would likely miss it again.
-        due = sum(
-            1
-            for job in pending
-            if self._due(job) and not (started is not None and (job.judged_at or 0.0) < started)
-        )
+        due = sum(1 for job in pending if self._due(job) and self._relist_shows(job))
         pages = relist_pages(
             pending=len(pending), not_selected=self._not_selected, states=self._states
         )

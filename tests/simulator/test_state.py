@@ -8,9 +8,24 @@ from typing import Any
 import pytest
 from conftest import FakeClock
 
-from worker.simulator.config import DEFAULT_PROJECT_ID, SimulatorConfig, TimingConfig
+from worker.simulator.config import (
+    DEFAULT_PROJECT_ID,
+    ChangeConfig,
+    SimulatorConfig,
+    TimingConfig,
+)
 from worker.simulator.population import PopulationConfig
-from worker.simulator.state import ApiRefusal, SimulatorState, sort_key
+from worker.simulator.state import (
+    FAILED,
+    RENAMED,
+    RESTARTED,
+    RETRIED,
+    RUNNING,
+    SUCCEEDED,
+    ApiRefusal,
+    SimulatorState,
+    sort_key,
+)
 
 P = DEFAULT_PROJECT_ID
 
@@ -247,3 +262,77 @@ def test_remaining_counts_per_project_and_status(fake_clock: FakeClock) -> None:
     assert set(remaining) == {"a" * 32, "b" * 32}
     for project in remaining.values():
         assert project["total"] == 25 == sum(project["by_status"].values())
+
+
+def _changing(clock: FakeClock, **changes: Any) -> SimulatorState:
+    config = SimulatorConfig(
+        tasks_per_project=60,
+        population=PopulationConfig(status_weights=((4, 0.5), (5, 0.5))),
+        changes=ChangeConfig(**changes),
+    )
+    return SimulatorState(config, now=clock.now)
+
+
+def _planned(state: SimulatorState, kind: str) -> list[int]:
+    return sorted(task_id for (_, task_id), k in state.planned_changes.items() if k == kind)
+
+
+def test_retried_task_refuses_its_first_delete_then_succeeds(fake_clock: FakeClock) -> None:
+    """A failed task a person retries: the first delete meets OMS.0063, later it succeeded."""
+    state = _changing(fake_clock, retried=3, retry_runs=timedelta(seconds=5))
+    retried = _planned(state, RETRIED)
+    assert len(retried) == 3
+    assert all(state.projects[P].tasks[i]["status"] == FAILED for i in retried)
+    assert set(retried) <= set(_ids(state, status=FAILED))  # listed as failed
+    first = retried[0]
+    assert _refusal(state.delete_task, P, first, by="ak") == "OMS.0063"
+    assert state.projects[P].tasks[first]["status"] == RUNNING
+    assert first not in _ids(state, status=FAILED)
+    fake_clock.advance(timedelta(seconds=4))
+    assert _refusal(state.delete_task, P, first, by="ak") == "OMS.0063"
+    fake_clock.advance(timedelta(seconds=1))
+    assert state.show_task(P, first)["status"] == SUCCEEDED
+    state.delete_task(P, first, by="ak")
+    assert [(c["task_id"], c["kind"]) for c in state.snapshot()["changes"]] == [(first, RETRIED)]
+    # The others are untouched until a delete reaches them.
+    assert all(state.show_task(P, i)["status"] == FAILED for i in retried[1:])
+
+
+def test_renamed_and_restarted_tasks_change_after_the_first_listing(
+    fake_clock: FakeClock,
+) -> None:
+    """Renames and restarts happen `after` the first list request, not before."""
+    state = _changing(fake_clock, renamed=2, restarted=2, after=timedelta(seconds=10))
+    renamed, restarted = _planned(state, RENAMED), _planned(state, RESTARTED)
+    assert len(renamed) == len(restarted) == 2
+    assert not set(renamed) & set(restarted)
+    fake_clock.advance(timedelta(hours=1))  # no listing yet: nothing is due
+    names = {i: state.show_task(P, i)["name"] for i in renamed}
+    starts = {i: state.show_task(P, i)["start_time"] for i in restarted}
+    state.list_tasks(P, offset=0, limit=100)
+    fake_clock.advance(timedelta(seconds=9))
+    assert {i: state.show_task(P, i)["name"] for i in renamed} == names
+    fake_clock.advance(timedelta(seconds=1))
+    assert {i: state.show_task(P, i)["name"] for i in renamed} == {
+        i: f"{name}-keep" for i, name in names.items()
+    }
+    moment = int(fake_clock.now().timestamp() * 1000)
+    for task_id in restarted:
+        assert state.show_task(P, task_id)["start_time"] == moment > starts[task_id]
+    # A restarted task moves to the head of the listing (newest first), in every index.
+    tasks, _ = state.list_tasks(P, offset=0, limit=100)
+    assert {t["id"] for t in tasks[:2]} == set(restarted)
+    keys = [sort_key(t) for t in tasks]
+    assert keys == sorted(keys)
+    by_failed, _ = state.list_tasks(P, offset=0, limit=100, status=FAILED)
+    assert [sort_key(t) for t in by_failed] == sorted(sort_key(t) for t in by_failed)
+    assert len(state.snapshot()["changes"]) == 4
+
+
+def test_no_changes_by_default(fake_clock: FakeClock) -> None:
+    """The default config changes nothing after listing."""
+    state = _changing(fake_clock)
+    state.list_tasks(P, offset=0, limit=100)
+    fake_clock.advance(timedelta(days=1))
+    assert state.planned_changes == {}
+    assert state.snapshot()["changes"] == []

@@ -64,6 +64,25 @@ class TimingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ChangeConfig:
+    """Tasks a person changes after a client listed them; the defaults change nothing.
+
+    Which tasks is drawn (seeded) when the simulator starts, among its finished ones.
+    """
+
+    # Failed tasks a person retries just before a client's first delete reaches them: that
+    # delete meets OMS.0063 (migrating), and the migration succeeds `retry_runs` later.
+    retried: int = 0
+    retry_runs: timedelta = timedelta(seconds=2)
+    # Renamed (`rename_suffix` appended) and restarted (start_time set to the moment of the
+    # change) tasks change `after` the first list request, on the injected clock.
+    renamed: int = 0
+    rename_suffix: str = "-keep"
+    restarted: int = 0
+    after: timedelta = timedelta(seconds=1)
+
+
+@dataclass(frozen=True, slots=True)
 class SimulatorConfig:
     """Everything a simulator instance needs; frozen so a running instance cannot drift."""
 
@@ -74,6 +93,7 @@ class SimulatorConfig:
     timing: TimingConfig = TimingConfig()
     credentials: SimCredentials = SimCredentials()
     faults: FaultConfig = field(default_factory=FaultConfig)
+    changes: ChangeConfig = ChangeConfig()
     # The gateway rejects an `X-Sdk-Date` this far from its clock (the real value is unpublished).
     date_tolerance: timedelta = timedelta(minutes=15)
     # The docs disagree on the offset cap (2147483647 on most pages, 10000 on one).

@@ -36,6 +36,10 @@ NOT_FOUND = "OMS.1009"
 
 _FINISH = "finish"
 _PAUSED = "paused"
+# What a person does to a task after a client listed it (see ChangeConfig).
+RETRIED = "retried"
+RENAMED = "renamed"
+RESTARTED = "restarted"
 
 SortKey = tuple[int, int]
 
@@ -50,7 +54,7 @@ class ApiRefusal(Exception):
         self.message = message
 
 
-def _record_json(record: ActionRecord | RefusedDelete) -> dict[str, Any]:
+def _record_json(record: ActionRecord | RefusedDelete | ChangeRecord) -> dict[str, Any]:
     """A record's fields as JSON values (the time in ISO 8601)."""
     return {**dataclasses.asdict(record), "at": record.at.isoformat()}
 
@@ -77,6 +81,20 @@ class RefusedDelete:
     project_id: str
     status: int
     by: str
+    at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        """The /_sim/state shape."""
+        return _record_json(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRecord:
+    """A change a person made to a task after it was listed (RETRIED, RENAMED, RESTARTED)."""
+
+    task_id: int
+    project_id: str
+    kind: str
     at: datetime
 
     def as_json(self) -> dict[str, Any]:
@@ -160,6 +178,21 @@ class ProjectTasks:
             self._encoded[task["id"]] = body
         return body
 
+    def restamp(self, task: dict[str, Any], start_ms: int) -> None:
+        """Give a task a new start_time, moving it in the listing order."""
+        old = sort_key(task)
+        _discard(self.order, old)
+        _discard(self.by_status[task["status"]], old)
+        task["start_time"] = start_ms
+        new = sort_key(task)
+        bisect.insort(self.order, new)
+        bisect.insort(self.by_status[task["status"]], new)
+        self._encoded.pop(task["id"], None)
+
+    def forget_encoding(self, task: dict[str, Any]) -> None:
+        """After a change to a field outside the indexes (the name, say)."""
+        self._encoded.pop(task["id"], None)
+
     def counts_by_status(self) -> dict[int, int]:
         """Remaining tasks per status code."""
         return {code: len(keys) for code, keys in sorted(self.by_status.items()) if keys}
@@ -200,7 +233,40 @@ class SimulatorState:
         self.requests: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.iam_token_uses = 0
+        # (project, task id) -> what a person will do to it after the first listing.
+        self.planned_changes: dict[tuple[str, int], str] = self._plan_changes()
+        self.changes: list[ChangeRecord] = []
+        self._retries_due = {key for key, kind in self.planned_changes.items() if kind == RETRIED}
+        self._changes_scheduled = False
         self._schedule_initial()
+
+    def _plan_changes(self) -> dict[tuple[str, int], str]:
+        changes = self.config.changes
+        rng = random.Random(f"oms-changes:{self.config.seed}")
+        planned: dict[tuple[str, int], str] = {}
+        for project_id, project in self.projects.items():
+            failed = [key[1] for key in project.by_status.get(FAILED, [])]
+            finished = [
+                key[1]
+                for key in project.order
+                if project.tasks[key[1]]["status"] in (FAILED, SUCCEEDED)
+            ]
+            for kind, pool, count in (
+                (RETRIED, failed, changes.retried),
+                (RENAMED, finished, changes.renamed),
+                (RESTARTED, finished, changes.restarted),
+            ):
+                free = [task_id for task_id in pool if (project_id, task_id) not in planned]
+                for task_id in rng.sample(free, min(count, len(free))):
+                    planned[(project_id, task_id)] = kind
+        return planned
+
+    def _schedule_changes(self) -> None:
+        self._changes_scheduled = True
+        due = self._now() + self.config.changes.after
+        for (project_id, task_id), kind in self.planned_changes.items():
+            if kind != RETRIED:  # retried on the first delete that reaches it
+                self._schedule(due, project_id, task_id, kind)
 
     def _schedule_initial(self) -> None:
         timing = self.config.timing
@@ -247,7 +313,26 @@ class SimulatorState:
             elif kind == _PAUSED and task["status"] == PAUSING:
                 task["left_time"] = 0
                 project.set_status(task, PAUSED)
+            elif kind in (RETRIED, RENAMED, RESTARTED):
+                self._change(project_id, task, kind, when)
         return now
+
+    def _change(self, project_id: str, task: dict[str, Any], kind: str, when: datetime) -> None:
+        project = self.projects[project_id]
+        if kind == RETRIED and task["status"] == FAILED:
+            runtime = self._runtime_of(project_id, task["id"])
+            runtime.fails_when_finishing = False
+            task["error_reason"] = {"error_code": "", "error_msg": ""}
+            project.set_status(task, RUNNING)
+            self._schedule(when + self.config.changes.retry_runs, project_id, task["id"], _FINISH)
+        elif kind == RENAMED:
+            task["name"] = f"{task['name']}{self.config.changes.rename_suffix}"
+            project.forget_encoding(task)
+        elif kind == RESTARTED:
+            project.restamp(task, int(when.timestamp() * 1000))
+        else:
+            return
+        self.changes.append(ChangeRecord(task["id"], project_id, kind, when))
 
     def _finish(self, project_id: str, task: dict[str, Any], when: datetime) -> None:
         project = self.projects[project_id]
@@ -285,6 +370,8 @@ class SimulatorState:
         task_name: str | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
         """A page of tasks (live objects: serialise before the next change) and the count."""
+        if not self._changes_scheduled and self.planned_changes:
+            self._schedule_changes()
         self.advance()
         return self.projects[project_id].page(
             offset=offset, limit=limit, status=status, group_id=group_id, task_name=task_name
@@ -300,6 +387,9 @@ class SimulatorState:
         now = self.advance()
         project = self.projects[project_id]
         task = self._task(project_id, task_id)
+        if (project_id, task_id) in self._retries_due:
+            self._retries_due.discard((project_id, task_id))
+            self._change(project_id, task, RETRIED, now)
         status = task["status"]
         runtime = self._runtime.get((project_id, task_id))
         # Unknown codes are refused like active ones: the simulator cannot know they are safe.
@@ -359,6 +449,7 @@ class SimulatorState:
             "deletions": [record.as_json() for record in self.deletions],
             "stops": [record.as_json() for record in self.stops],
             "refused_deletes": [record.as_json() for record in self.refused_deletes],
+            "changes": [record.as_json() for record in self.changes],
             "requests": {kind: self.requests[kind] for kind in ("list", "show", "delete", "stop")},
             "rejected": {
                 reason: self.rejected[reason]
