@@ -45,6 +45,8 @@ CASES: dict[str, Case] = {
     "zero-deadline": Case(("--deadline", "0s"), "--deadline: must be longer than 0s"),
     "deadline-in-years": Case(("--deadline", "1y"), "--deadline: invalid duration '1y'"),
     "zero-grace": Case(("--shutdown-grace", "0"), "--shutdown-grace: must be longer"),
+    "zero-max-staleness": Case(("--max-staleness", "0s"), "--max-staleness: must be longer"),
+    "max-staleness-no-unit": Case(("--max-staleness", "600"), "--max-staleness: "),
     "max-deletions-over-100%": Case(("--max-deletions", "150%"), "--max-deletions: "),
     "max-deletions-negative": Case(("--max-deletions", "-3"), "--max-deletions: "),
     "max-deletions-words": Case(("--max-deletions", "ten"), "--max-deletions: "),
