@@ -332,6 +332,7 @@ def test_task_entry_shape() -> None:
             "error_msg": "task is running",
             "request_id": "req-7",
         },
+        "stopped_at": None,
     }
     assert tasks[8]["start_time"] is None
 

@@ -34,6 +34,11 @@ class Outcome(enum.StrEnum):
     NOT_ATTEMPTED = "not_attempted"
 
 
+# Outcomes that leave nothing the policy wants gone: a run whose every task ends in one of
+# these (and that saw every task) exits 0.
+DONE_OUTCOMES: frozenset[Outcome] = frozenset({Outcome.DELETED, Outcome.ALREADY_GONE})
+
+
 @dataclass(frozen=True, slots=True)
 class Finish:
     """The task is done with this outcome."""

@@ -7,6 +7,8 @@ neither counted nor selected twice.
 
 from __future__ import annotations
 
+import asyncio
+import enum
 from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -23,11 +25,23 @@ from worker.oms.models import TaskStatus
 from worker.oms.retry import RetryPolicy
 from worker.policy import Policy, select
 from worker.ratelimit import AdaptiveRateLimiter
-from worker.report import OffsetCap, TargetSummary
+from worker.report import CapCheck, OffsetCap, TargetSummary
 from worker.scheduler import Job
 from worker.settings import RunSettings, Target
+from worker.stopping import StopGate, stop_aware_sleep
 
 log = structlog.get_logger("oms_cleanup.run")
+
+
+class ListingState(enum.StrEnum):
+    """How far the target's listing got, as the report's `listing` says."""
+
+    NOT_STARTED = "not_started"
+    LISTING = "listing"
+    COMPLETE = "complete"
+    # The run stopped (signal, deadline, another target's fatal error) while it was listing.
+    STOPPED = "stopped"
+    FAILED = "failed"
 
 
 @dataclass(slots=True)
@@ -55,6 +69,9 @@ class TargetRun:
     capped: bool = False
     unseen: int = 0
     cap_hit: bool = False
+    listing_state: ListingState = ListingState.NOT_STARTED
+    # The --max-deletions check that applied to this target (None without the option).
+    cap: CapCheck | None = None
 
     def absorb(self, listing: Listing, *, policy: Policy, now: datetime) -> None:
         """Judge one listing pass: count each task once, select or keep it, log the pass."""
@@ -117,6 +134,13 @@ class TargetRun:
             },
             error=self.error,
             offset_cap=self._offset_cap(dry_run=dry_run) if self.cap_hit else None,
+            # A stopped listing's tasks were never judged: 'listing' says why listed is short.
+            listing=str(
+                ListingState.STOPPED
+                if self.listing_state is ListingState.LISTING
+                else self.listing_state
+            ),
+            max_deletions=self.cap,
         )
 
     def _offset_cap(self, *, dry_run: bool) -> OffsetCap:
@@ -142,9 +166,18 @@ class TargetRun:
 
 
 async def open_target(
-    stack: AsyncExitStack, target: Target, *, settings: RunSettings, credentials: Credentials
+    stack: AsyncExitStack,
+    target: Target,
+    *,
+    settings: RunSettings,
+    credentials: Credentials,
+    stopped: asyncio.Event,
 ) -> TargetRun:
-    """Open the target's client (closed with `stack`) behind its own rate limiter."""
+    """Open the target's client (closed with `stack`) behind its own rate limiter.
+
+    Every send and every retry back-off ends at once with `stopping.Stopped` once `stopped`
+    is set: after a stop no new request leaves, whatever was waiting for its turn.
+    """
     endpoint = resolve_endpoint(
         region=target.region,
         endpoint=target.endpoint,
@@ -161,7 +194,12 @@ async def open_target(
         retry=RetryPolicy(),
     )
     client = await stack.enter_async_context(
-        OmsClient(config, credentials=credentials, gate=limiter)
+        OmsClient(
+            config,
+            credentials=credentials,
+            gate=StopGate(limiter, stopped=stopped),
+            sleep=stop_aware_sleep(stopped),
+        )
     )
     label = f"{target.region or endpoint.host}/{target.project_id}"
     return TargetRun(target=target, label=label, client=client, limiter=limiter)
