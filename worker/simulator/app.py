@@ -175,12 +175,35 @@ class _Api:
         kind: str,
         call: Callable[[web.Request, str, str], _Page | bytes | None],
     ) -> web.StreamResponse:
+        state = self.state
+        project_id = request.match_info["project_id"]
+        state.in_flight += 1
+        state.in_flight_by_project[project_id] += 1
+        state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
+        state.peak_in_flight_by_project[project_id] = max(
+            state.peak_in_flight_by_project[project_id], state.in_flight_by_project[project_id]
+        )
+        try:
+            return await self._serve_counted(request, kind, call)
+        finally:
+            state.in_flight -= 1
+            state.in_flight_by_project[project_id] -= 1
+
+    async def _serve_counted(
+        self,
+        request: web.Request,
+        kind: str,
+        call: Callable[[web.Request, str, str], _Page | bytes | None],
+    ) -> web.StreamResponse:
         request_id = request[_REQUEST_ID_KEY]
         state = self.state
         try:
             by = self._authenticate(request, await request.read())
         except ApiRefusal as refusal:
             state.rejected["auth"] += 1
+            state.auth_refused_by_project[request.match_info["project_id"]] += 1
+            if state.in_flight_at_first_auth_refusal is None:
+                state.in_flight_at_first_auth_refusal = state.in_flight
             return _error(refusal.status, refusal.code, refusal.message, request_id)
 
         if self.window is not None:
@@ -207,6 +230,10 @@ class _Api:
         if not state.hosts(project_id):
             state.rejected["forbidden"] += 1
             message = "You do not have permission to use OMS in this project."
+            return _error(403, NO_PERMISSION, message, request_id)
+        if kind in ("delete", "stop") and project_id in self.config.faults.read_only_projects:
+            state.rejected["forbidden"] += 1
+            message = "You do not have permission to perform this operation in this project."
             return _error(403, NO_PERMISSION, message, request_id)
 
         state.requests[kind] += 1
@@ -311,6 +338,11 @@ class _Api:
             or not hmac.compare_digest(sent_token.encode(), key.security_token.encode())
         ):
             raise _auth_failed("the security token is missing, unsigned or invalid.")
+        revoked_after = self.config.faults.credentials_revoked_after
+        if revoked_after is not None:
+            if self.state.access_key_uses >= revoked_after:
+                raise _auth_failed("the access key does not exist.")
+            self.state.access_key_uses += 1
         return key.access_key
 
     async def sim_state(self, request: web.Request) -> web.Response:

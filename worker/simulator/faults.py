@@ -41,6 +41,12 @@ class FaultConfig:
     malformed_rate: float = 0.0
     # Requests an IAM token is accepted for before it expires; None for never.
     token_expires_after: int | None = None
+    # Requests an AK/SK is accepted for before it is revoked (deleted in IAM): every later
+    # request signed with it is answered 401 APIG.0301; None for never.
+    credentials_revoked_after: int | None = None
+    # Projects where the key may list but not change tasks: every DELETE and stop there is
+    # answered 403 OMS.0206 (an IAM policy granting read-only OMS access).
+    read_only_projects: tuple[str, ...] = ()
 
 
 class Malformation(enum.Enum):

@@ -200,6 +200,17 @@ class SimulatorState:
         self.requests: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.iam_token_uses = 0
+        self.access_key_uses = 0
+        # API requests being served right now, the most at once, and how many were being
+        # served when the first 401 went out (it included): the requests a client that
+        # stops at its first 401 can still have met it with.
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.in_flight_at_first_auth_refusal: int | None = None
+        # The same per project (of the request's path), and the 401s each project's got.
+        self.in_flight_by_project: Counter[str] = Counter()
+        self.peak_in_flight_by_project: Counter[str] = Counter()
+        self.auth_refused_by_project: Counter[str] = Counter()
         self._schedule_initial()
 
     def _schedule_initial(self) -> None:
@@ -364,5 +375,9 @@ class SimulatorState:
                 reason: self.rejected[reason]
                 for reason in ("auth", "forbidden", "throttled", "5xx", "dropped", "malformed")
             },
+            "peak_in_flight": self.peak_in_flight,
+            "in_flight_at_first_auth_refusal": self.in_flight_at_first_auth_refusal,
+            "peak_in_flight_by_project": dict(self.peak_in_flight_by_project),
+            "auth_refused_by_project": dict(self.auth_refused_by_project),
             "remaining": remaining,
         }
