@@ -31,7 +31,7 @@ from worker.simulator.state import SUCCEEDED
 
 SECOND_PROJECT = "fedcba9876543210fedcba9876543210"
 THIRD_PROJECT = "aaaabbbbccccddddeeeeffff00001111"
-SLOW = {"rate": "5", "concurrency": "64"}
+SLOW: dict[str, Any] = {"rate": "5", "concurrency": "64"}
 # Every task finished and old: each one is selected.
 ALL_SUCCEEDED = PopulationConfig(
     status_weights=((SUCCEEDED, 1.0),), zero_start_time_share=0.0, absent_start_time_share=0.0
@@ -198,7 +198,8 @@ async def test_revoked_key_with_several_targets(
     assert summary["failed"] == truth["rejected"]["auth"]
     assert summary["deleted"] == len(truth["deletions"])
     errors = [b["error"] for b in summary["targets"] if b["error"] is not None]
-    assert errors and all(e["error_code"] == "APIG.0301" for e in errors)
+    assert errors
+    assert all(e["error_code"] == "APIG.0301" for e in errors)
     # Sent = answered: every delete the simulator saw or refused, no more, no fewer.
     sent = sum(b["requests_sent"]["by_kind"]["delete"] for b in summary["targets"])
     assert sent == truth["requests"]["delete"] + truth["rejected"]["auth"]

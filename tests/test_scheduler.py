@@ -165,7 +165,8 @@ async def test_auth_failure_stops_the_run() -> None:
     api = FakeApi({1: [AuthFailed]})
     jobs = _jobs(20)
     _, shutdown = await _run(api, jobs, concurrency=1)
-    assert shutdown.fatal is not None and shutdown.fatal.error == AuthFailed(_info(1)).info
+    assert shutdown.fatal is not None
+    assert shutdown.fatal.error == AuthFailed(_info(1)).info
     assert shutdown.reason == "fatal"
     assert api.deleted == []
     assert Counter(j.outcome for j in jobs) == {Outcome.FAILED: 1, Outcome.NOT_ATTEMPTED: 19}

@@ -340,7 +340,8 @@ def test_every_job_one_consistent_outcome(population: Population) -> None:
     assert sum(outcomes.values()) == len(ran.jobs)
     if api.stop_event is not None and any(c.answer == "fatal" for c in api.calls):
         assert ran.shutdown.reason in {FATAL, "SIGTERM", "deadline"}
-        assert ran.shutdown.fatal is not None and ran.shutdown.fatal.error is not None
+        assert ran.shutdown.fatal is not None
+        assert ran.shutdown.fatal.error is not None
 
 
 # ------------------------------------------------------------------------------------------
