@@ -104,7 +104,7 @@ async def test_back_off_sleep_wakes_at_the_stop() -> None:
     """A retry back-off of an hour ends with Stopped as soon as the run stops."""
     stopped = asyncio.Event()
     sleep = stop_aware_sleep(stopped)
-    sleeping = asyncio.create_task(sleep(3600))
+    sleeping = asyncio.ensure_future(sleep(3600))
     await asyncio.sleep(0)
     stopped.set()
     with pytest.raises(Stopped):
