@@ -182,7 +182,7 @@ class _Run:
             signal=self.shutdown.signal,
             fatal=crashed or self.shutdown.fatal is not None,
             safety_abort=self.safety_abort,
-            tasks_left=jobs_left or listings_left or not runs,
+            tasks_left=jobs_left or listings_left,
         )
 
     async def _conclude(self, *, run_id: str, started_at: datetime, crashed: bool) -> int:
@@ -283,16 +283,21 @@ class _Work:
         if not all(listed):
             log.warning("run_stopped", reason=self.shutdown.reason, during="listing")
             return
-        if not self._run_cap_holds():
-            return
+        if self.cap is not None and self.cap.count is not None:
+            if not self._run_cap_holds():
+                return
+            going = list(self.runs)
+        else:
+            # A percentage stays each target's own, even when the prompt waits for them all.
+            going = [r for r in self.runs if self._target_cap_holds(r, r.jobs)]
         if self.dry_run:
-            for r in self.runs:
+            for r in going:
                 _would_delete(r.jobs)
             return
-        fresh = _jobs(self.runs)
+        fresh = _jobs(going)
         if fresh and not await self._confirmed(fresh):
             return
-        await asyncio.gather(*(self._delete_in_passes(r) for r in self.runs))
+        await asyncio.gather(*(self._delete_in_passes(r) for r in going))
 
     async def _one_target(self, target: TargetRun) -> None:
         if not await self._list(target) or not self._target_cap_holds(target, target.jobs):
