@@ -8,6 +8,8 @@ client sent before the stop has arrived long before the next one could leave.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cleanup_command import start_run_process
 from conftest import SimulatorFactory
 from expectations import eligible, validated
 
@@ -389,3 +392,86 @@ async def test_paused_migrations_say_when_and_in_what_state(
         stopped_at = datetime.fromisoformat(task["stopped_at"])
         assert before <= stopped_at <= datetime.now(UTC)
     assert sim.state.requests["delete"] == 0
+
+
+async def test_sigterm_to_the_process_sends_no_new_delete(
+    make_simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    """A real SIGTERM to `oms-cleanup run` while the 3rd delete is served: no 4th arrives."""
+    sim = await make_simulator(tasks_per_project=120, population=ALL_SUCCEEDED)
+    report = tmp_path / "report.json"
+    process = await start_run_process(
+        sim.url,
+        "--older-than",
+        "1d",
+        "--rate",
+        "5",
+        "--concurrency",
+        "64",
+        "--execute",
+        "--yes",
+        "--report",
+        str(report),
+        stderr=asyncio.subprocess.DEVNULL,
+        environment={"OMS_CLEANUP_LOG_FORMAT": "json"},
+    )
+    after_deletes(sim, 3, lambda: process.send_signal(signal.SIGTERM))
+    assert process.stdout is not None
+    await asyncio.wait_for(process.stdout.read(), timeout=60)
+    code = await asyncio.wait_for(process.wait(), timeout=60)
+
+    assert code == 143
+    truth = sim.state.snapshot()
+    assert truth["requests"]["delete"] == 3
+    written = validated(report)
+    assert written["interrupted"] == "SIGTERM"
+    assert (written["summary"]["deleted"], written["summary"]["failed"]) == (3, 0)
+    assert written["summary"]["not_attempted"] == 117
+    assert_counts_add_up(written)
+
+
+async def test_deadline_with_several_targets_leaves_never_sent_tasks_not_attempted(
+    make_simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    """Three targets, the deadline mid-deletion: exactly the tasks OMS saw a delete for have one."""
+    sim = await make_simulator(
+        project_ids=(DEFAULT_PROJECT_ID, SECOND_PROJECT, THIRD_PROJECT),
+        tasks_per_project=40,
+        population=ALL_SUCCEEDED,
+    )
+    config = targets_toml(
+        tmp_path / "t.toml",
+        (sim, DEFAULT_PROJECT_ID),
+        (sim, SECOND_PROJECT),
+        (sim, THIRD_PROJECT),
+    )
+    shutdown = Shutdown()
+    at_stop: list[int] = []
+
+    def deadline() -> None:
+        at_stop.append(sim.state.requests["delete"])
+        shutdown.on_deadline()
+
+    after_deletes(sim, 6, deadline)
+
+    ran = await cleanup(tmp_path, shutdown=shutdown, config_file=config, **SLOW)
+
+    assert ran.exit_code == 1
+    assert ran.report["summary"]["deadline_reached"] is True
+    truth = sim.state.snapshot()
+    # After the stop only requests already on the wire may arrive: one per target at most.
+    in_flight = sum(truth["peak_in_flight_by_project"].values())
+    assert at_stop == [6]
+    assert truth["requests"]["delete"] - 6 <= in_flight - 1
+    seen = {(d["project_id"], d["task_id"]) for d in truth["deletions"]}
+    by_outcome: dict[str, set[tuple[str, int]]] = {}
+    for task in ran.report["tasks"]:
+        by_outcome.setdefault(task["outcome"], set()).add((task["project_id"], task["id"]))
+    assert by_outcome.get("failed", set()) == set()
+    assert by_outcome["deleted"] == seen
+    assert by_outcome["not_attempted"].isdisjoint(seen)
+    assert len(by_outcome["not_attempted"]) == 120 - len(seen)
+    for block in ran.report["summary"]["targets"]:
+        sent = block["requests_sent"]["by_kind"]["delete"]
+        assert sent == block["deleted"], block
+    assert_counts_add_up(ran.report)
