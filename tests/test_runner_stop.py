@@ -152,12 +152,13 @@ async def test_revoked_key_meets_only_the_requests_in_flight(
     sim = await make_simulator(
         tasks_per_project=120,
         population=ALL_SUCCEEDED,
-        faults=FaultConfig(credentials_revoked_after=6, latency_ms=20),
+        faults=FaultConfig(credentials_revoked_after=6, latency_ms=20, key_lockout_after=5),
     )
 
     ran = await cleanup(tmp_path, endpoint=sim.url, project_id=DEFAULT_PROJECT_ID, **SLOW)
 
     truth = sim.state.snapshot()
+    assert truth["locked_keys"] == [], "the run went on until the gateway locked the key"
     in_flight = truth["in_flight_at_first_auth_refusal"]
     assert in_flight is not None
     assert 1 <= truth["rejected"]["auth"] <= in_flight

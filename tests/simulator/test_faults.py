@@ -10,10 +10,12 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import SimulatorFactory
+from pydantic import SecretStr
 from sim_client import sim_client
 
+from worker.oms.auth import AkSk
 from worker.oms.errors import parse_limit
-from worker.simulator.config import DEFAULT_PROJECT_ID
+from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_PROJECT_ID
 from worker.simulator.faults import (
     NO_FAULTS,
     FaultConfig,
@@ -338,3 +340,36 @@ def test_throttle_message_states_the_limit_or_not(stated: bool, limit: float | N
     message = throttle_message(50, stated=stated)
     assert message.startswith("The throttling threshold has been reached")
     assert parse_limit(message) == limit
+
+
+async def test_revoked_credentials_are_refused_after_n_requests(
+    make_simulator: SimulatorFactory,
+) -> None:
+    """credentials_revoked_after=2: two accepted requests, then 401 APIG.0301 for every one."""
+    sim = await make_simulator(faults=FaultConfig(credentials_revoked_after=2))
+    async with sim_client(sim) as client:
+        answers = [await client.list(limit=1) for _ in range(4)]
+    assert [a.status for a in answers] == [200, 200, 401, 401]
+    assert {a.error_code for a in answers[2:]} == {"APIG.0301"}
+    state = sim.state.snapshot()
+    assert state["rejected"]["auth"] == 2
+    assert state["auth_refused_by_project"] == {DEFAULT_PROJECT_ID: 2}
+
+
+async def test_a_key_failing_repeatedly_is_locked(make_simulator: SimulatorFactory) -> None:
+    """More than key_lockout_after failures in a row lock the AK: even a good signature fails."""
+    sim = await make_simulator(faults=FaultConfig(key_lockout_after=5))
+    wrong = AkSk(access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr("SK-wrong-0000000001"))
+    async with sim_client(sim) as client:
+
+        async def wrongly() -> int:
+            answer = await client.request("GET", client.tasks_path(), credentials=wrong)
+            return answer.status
+
+        assert [await wrongly() for _ in range(5)] == [401] * 5
+        assert (await client.list(limit=1)).status == 200  # five failures: not yet locked
+        assert [await wrongly() for _ in range(6)] == [401] * 6
+        locked = await client.list(limit=1)
+    assert locked.status == 401
+    assert b"locked" in locked.body
+    assert sim.state.snapshot()["locked_keys"] == [DEFAULT_ACCESS_KEY]

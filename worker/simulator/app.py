@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -301,6 +301,32 @@ class _Api:
         parsed = signing.parse_authorization(authorization)
         if parsed is None:
             raise _auth_failed("the Authorization header is not SDK-HMAC-SHA256.")
+        locked = self.state.locked_until.get(parsed.access_key)
+        if locked is not None and self.state.now() < locked:
+            raise _auth_failed("the access key is locked after repeated failures.")
+        try:
+            principal = self._verify_ak_sk(request, parsed, body)
+        except ApiRefusal:
+            self._count_key_failure(parsed.access_key)
+            raise
+        self.state.key_failures.pop(parsed.access_key, None)
+        return principal
+
+    def _count_key_failure(self, access_key: str) -> None:
+        faults = self.config.faults
+        failures = self.state.key_failures
+        failures[access_key] += 1
+        if faults.key_lockout_after is not None and failures[access_key] > faults.key_lockout_after:
+            self.state.locked_until[access_key] = self.state.now() + timedelta(
+                seconds=faults.key_lockout_seconds
+            )
+
+    def _verify_ak_sk(
+        self, request: web.Request, parsed: signing.ParsedAuthorization, body: bytes
+    ) -> str:
+        """The access key of a request signed with a known, valid, unrevoked AK/SK."""
+        credentials = self.config.credentials
+        headers = request.headers
         key = credentials.key(parsed.access_key)
         if key is None:
             raise _auth_failed("the access key does not exist.")

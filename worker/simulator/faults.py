@@ -47,6 +47,10 @@ class FaultConfig:
     # Projects where the key may list but not change tasks: every DELETE and stop there is
     # answered 403 OMS.0206 (an IAM policy granting read-only OMS access).
     read_only_projects: tuple[str, ...] = ()
+    # The gateway locks an AK/SK after more than this many consecutive failed requests, for
+    # `key_lockout_seconds` of the state clock (5 and 5 min per the API notes); None: never.
+    key_lockout_after: int | None = None
+    key_lockout_seconds: float = 300.0
 
 
 class Malformation(enum.Enum):

@@ -201,6 +201,9 @@ class SimulatorState:
         self.rejected: Counter[str] = Counter()
         self.iam_token_uses = 0
         self.access_key_uses = 0
+        # Consecutive failed requests per access key, and keys locked until a moment.
+        self.key_failures: Counter[str] = Counter()
+        self.locked_until: dict[str, datetime] = {}
         # API requests being served right now, the most at once, and how many were being
         # served when the first 401 went out (it included): the requests a client that
         # stops at its first 401 can still have met it with.
@@ -378,6 +381,7 @@ class SimulatorState:
             "peak_in_flight": self.peak_in_flight,
             "in_flight_at_first_auth_refusal": self.in_flight_at_first_auth_refusal,
             "peak_in_flight_by_project": dict(self.peak_in_flight_by_project),
+            "locked_keys": sorted(self.locked_until),
             "auth_refused_by_project": dict(self.auth_refused_by_project),
             "remaining": remaining,
         }
