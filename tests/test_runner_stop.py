@@ -476,3 +476,89 @@ async def test_deadline_with_several_targets_leaves_never_sent_tasks_not_attempt
         sent = block["requests_sent"]["by_kind"]["delete"]
         assert sent == block["deleted"], block
     assert_counts_add_up(ran.report)
+
+
+async def test_a_failed_listing_stops_a_target_already_deleting(
+    make_simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    """One target deletes while another's listing fails (403): the deleting one stops too."""
+    quick = await make_simulator(tasks_per_project=40, population=ALL_SUCCEEDED)
+    # SECOND_PROJECT is not hosted there: its first page is a 403, a second and a half late.
+    refusing = await make_simulator(faults=FaultConfig(latency_ms=1500))
+    at_refusal: list[int] = []
+    hosts = refusing.state.hosts
+
+    def hosted(project_id: str) -> bool:
+        answer = hosts(project_id)
+        if not answer:
+            at_refusal.append(quick.state.requests["delete"])
+        return answer
+
+    refusing.state.hosts = hosted  # type: ignore[method-assign]
+    config = targets_toml(
+        tmp_path / "t.toml", (quick, DEFAULT_PROJECT_ID), (refusing, SECOND_PROJECT)
+    )
+
+    ran = await cleanup(tmp_path, config_file=config, **SLOW)
+
+    assert ran.exit_code == 4
+    (deletes_then,) = at_refusal
+    assert 0 < deletes_then < 40, "the quick target should have been deleting by then"
+    truth = quick.state.snapshot()
+    # Only a delete already on the wire (one at a time at --rate 5) may still arrive.
+    assert truth["requests"]["delete"] - deletes_then <= truth["peak_in_flight"] - 1
+    blocks = ran.blocks()
+    assert blocks[SECOND_PROJECT]["listing"] == "failed"
+    assert blocks[SECOND_PROJECT]["error"]["error_code"] == "OMS.0206"
+    assert blocks[DEFAULT_PROJECT_ID]["deleted"] == len(truth["deletions"])
+    assert blocks[DEFAULT_PROJECT_ID]["failed"] == 0
+    assert_counts_add_up(ran.report)
+
+
+async def test_confirmation_waits_for_every_listing_and_percentages_stay_per_target(
+    make_simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    """With a prompt: one question after every listing, of the targets within their own cap."""
+    small = await make_simulator(
+        project_ids=(SECOND_PROJECT,), tasks_per_project=20, population=ALL_SUCCEEDED
+    )
+    big = await make_simulator(
+        tasks_per_project=300,
+        population=PopulationConfig(status_weights=((SUCCEEDED, 0.05), (MIGRATING, 0.95))),
+    )
+    config = targets_toml(tmp_path / "t.toml", (small, SECOND_PROJECT), (big, DEFAULT_PROJECT_ID))
+    asked: list[tuple[int, list[str], int]] = []
+
+    def confirm(count: int, projects: Any) -> bool:
+        asked.append((count, list(projects), big.state.requests["list"]))
+        return True
+
+    settings = load_settings(
+        {
+            "report": str(tmp_path / "r.json"),
+            "older_than": "1d",
+            "execute": True,
+            "max_deletions": "25%",
+            "rate": "2000",
+        },
+        config_file=config,
+        environ={},
+    )
+    code = await run_async(
+        settings=settings,
+        credentials=DEFAULT_CLIENT_CREDENTIALS,
+        confirm=confirm,
+        handle_signals=False,
+    )
+    report = validated(tmp_path / "r.json")
+
+    blocks = {b["project_id"]: b for b in report["summary"]["targets"]}
+    big_selected = blocks[DEFAULT_PROJECT_ID]["selected"]
+    assert 0 < big_selected <= 75, "population does not fit the test"
+    # Asked once, after the big target's three pages, about the big target's tasks only.
+    assert asked == [(big_selected, [DEFAULT_PROJECT_ID], 3)]
+    assert code == 3
+    assert small.state.requests["delete"] == 0
+    assert blocks[SECOND_PROJECT]["max_deletions"]["exceeded"] is True
+    assert blocks[DEFAULT_PROJECT_ID]["deleted"] == big_selected
+    assert_counts_add_up(report)
