@@ -213,6 +213,8 @@ class _Run:
         except Exception as error:  # whatever failed, the run must still end
             problem = getattr(error, "strerror", None) or str(error) or type(error).__name__
             code = exit_code(replace(end, report_written=False))
+            if report is not None:
+                report["exit_code"] = code  # what the metrics then publish
         if report is not None:
             # urllib under the hood: off the loop, and it never raises (failures are logged).
             await asyncio.to_thread(
