@@ -269,23 +269,22 @@ def _globs(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(globs))
 
 
-def _not_a_bool(value: Any, *, expected: str) -> Any:
-    # pydantic reads TOML's `true` as 1 for a number; `max_attempts = true` is a mistake.
-    if isinstance(value, bool):
-        raise ValueError(f"expected {expected} (got {str(value).lower()})")  # noqa: TRY004
-    return value
+def _same_kind(value: Any, annotation: Any) -> Any:
+    """`value` unless a TOML value of another kind stands in for a number or a yes/no.
 
-
-def _whole_number(value: Any) -> Any:
-    if isinstance(value, float):
-        raise ValueError(f"expected a whole number (got {value!r})")  # noqa: TRY004
-    return _not_a_bool(value, expected="a whole number")
-
-
-def _yes_no(value: Any) -> Any:
-    # The converse: `execute = 1` in a file is not a way of saying yes.
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        raise ValueError(f"expected true or false (got {value!r})")  # noqa: TRY004
+    pydantic would read `max_attempts = true` as 1, `concurrency = 2.0` as 2 and `execute = 1`
+    as yes: each is a mistake in the file, not a spelling. Strings (flags, environment) are
+    left to the field's own parsing.
+    """
+    wrong = {
+        int: isinstance(value, bool | float),
+        float: isinstance(value, bool),
+        bool: isinstance(value, int | float) and not isinstance(value, bool),
+    }
+    if wrong.get(annotation, False):
+        expected = {int: "a whole number", float: "a number", bool: "true or false"}[annotation]
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)
+        raise ValueError(f"expected {expected} (got {shown})")
     return value
 
 
@@ -544,22 +543,11 @@ class RunSettings(BaseSettings):
             f'expected a number of tasks (e.g. 500) or a percentage (e.g. "10%") (got {value!r})'
         )
 
-    @field_validator("rate", mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _parse_number(cls, value: Any) -> Any:
-        return _not_a_bool(value, expected="a number")
-
-    @field_validator("concurrency", "max_attempts", "shard_count", "shard_index", mode="before")
-    @classmethod
-    def _parse_whole_number(cls, value: Any) -> Any:
-        return _whole_number(value)
-
-    @field_validator(
-        "execute", "yes", "stop_running", "list_by_status", "allow_insecure_http", mode="before"
-    )
-    @classmethod
-    def _parse_yes_no(cls, value: Any) -> Any:
-        return _yes_no(value)
+    def _check_kind(cls, value: Any, info: ValidationInfo) -> Any:
+        assert info.field_name is not None
+        return _same_kind(value, cls.model_fields[info.field_name].annotation)
 
     @field_validator("log_format", mode="before")
     @classmethod
