@@ -146,6 +146,9 @@ class _Run:
             dry_run=not settings.execute,
             targets=[t.project_id for t in settings.targets],
         )
+        if settings.dropped_targets:
+            # Flags replaced the config file's [[targets]]: legal, but easy to do by accident.
+            log.warning("targets_replaced", dropped=masked_settings(settings)["dropped_targets"])
         self.runs = []
         progress = Progress()
         line = ProgressLine(progress)
