@@ -562,3 +562,57 @@ async def test_confirmation_waits_for_every_listing_and_percentages_stay_per_tar
     assert blocks[SECOND_PROJECT]["max_deletions"]["exceeded"] is True
     assert blocks[DEFAULT_PROJECT_ID]["deleted"] == big_selected
     assert_counts_add_up(report)
+
+
+@pytest.mark.parametrize("cut", ["second-signal", "grace-over"])
+async def test_only_requests_on_the_wire_are_failed_when_cut_off(
+    make_simulator: SimulatorFactory, tmp_path: Path, cut: str
+) -> None:
+    """Deletes cut off on the wire are failed ("may have reached"); the queued ones untried."""
+    release = asyncio.Event()
+    three_on_the_wire = asyncio.Event()
+    held = 0
+    shutdown = Shutdown()
+
+    async def hold_deletes(seconds: float) -> None:
+        # The simulator's latency: none for the listing, until released for every delete.
+        nonlocal held
+        if sim.state.requests["list"] == 0:
+            return
+        held += 1
+        if held == 3:
+            shutdown.on_signal("SIGTERM")
+            if cut == "second-signal":
+                shutdown.on_signal("SIGTERM")
+            three_on_the_wire.set()
+        await release.wait()
+
+    sim = await make_simulator(
+        tasks_per_project=60,
+        population=ALL_SUCCEEDED,
+        faults=FaultConfig(latency_ms=1),
+        sleep=hold_deletes,
+    )
+    try:
+        ran = await cleanup(
+            tmp_path,
+            shutdown=shutdown,
+            endpoint=sim.url,
+            project_id=DEFAULT_PROJECT_ID,
+            shutdown_grace="1s",
+            **SLOW,
+        )
+    finally:
+        release.set()
+
+    assert three_on_the_wire.is_set()
+    assert ran.exit_code == 143
+    failed = [t for t in ran.report["tasks"] if t["outcome"] == "failed"]
+    assert len(failed) == held == 3
+    for task in failed:
+        assert task["attempts"] == 1
+        assert "may have reached OMS" in task["last_error"]["error_msg"]
+    summary = ran.report["summary"]
+    assert summary["not_attempted"] == 57
+    assert summary["requests_sent"]["by_kind"]["delete"] == 3
+    assert_counts_add_up(ran.report)
