@@ -347,6 +347,9 @@ async def test_a_target_whose_deletes_are_forbidden_names_the_error(
     assert error is not None
     assert (error["http_status"], error["error_code"]) == (403, "OMS.0206")
     assert blocks[DEFAULT_PROJECT_ID]["error"] is None
+    # The first 403 stops the run: only deletes already in flight met one too.
+    truth = sim.state.snapshot()
+    assert 1 <= truth["rejected"]["forbidden"] <= truth["peak_in_flight_by_project"][SECOND_PROJECT]
     assert_counts_add_up(ran.report)
 
 
