@@ -27,6 +27,7 @@ from typing import Any
 from worker import __version__
 from worker.logs import REDACTED, is_secret_key
 from worker.oms.errors import ErrorInfo
+from worker.oms.models import MalformedTask
 from worker.outcomes import Outcome
 
 SCHEMA_VERSION = 1
@@ -82,6 +83,39 @@ class TargetSummary:
     requests: Mapping[str, int] = field(default_factory=dict)
     error: ErrorInfo | None = None
     offset_cap: OffsetCap | None = None
+    # Task entries OMS sent that could not be read (at most MALFORMED_SHOWN of them).
+    malformed: Sequence[MalformedTask] = ()
+    unproven_listing: UnprovenListing | None = None
+
+
+# A report lists this many malformed entries per target at most; `not_selected.malformed`
+# counts them all.
+MALFORMED_SHOWN = 100
+
+
+@dataclass(frozen=True, slots=True)
+class UnprovenListing:
+    """A target listing whose pages disagreed with the counts OMS reported, on every read.
+
+    `complete` says the last pass's listing was shown complete after all; otherwise up to
+    `may_be_unseen` tasks may have been missed (neither judged nor deleted).
+    """
+
+    passes: int
+    complete: bool
+    may_be_unseen: int
+    reads: int
+    note: str
+
+    def as_report(self) -> dict[str, Any]:
+        """The target's `unproven_listing` block."""
+        return {
+            "passes": self.passes,
+            "complete": self.complete,
+            "may_be_unseen": self.may_be_unseen,
+            "reads": self.reads,
+            "note": self.note,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +265,16 @@ def build_report(
             ),
             "error": None if t.error is None else t.error.as_report(),
             **({} if t.offset_cap is None else {"offset_cap": t.offset_cap.as_report()}),
+            **(
+                {}
+                if t.unproven_listing is None
+                else {"unproven_listing": t.unproven_listing.as_report()}
+            ),
+            **(
+                {"malformed": [{"id": m.id, "problem": m.problem} for m in t.malformed]}
+                if t.malformed
+                else {}
+            ),
         }
         for t in targets
     ]

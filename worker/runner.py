@@ -353,7 +353,7 @@ async def _delete_in_passes(
                 return EXIT_SAFETY_ABORT
         fatal = await delete()
         jobs = [job for r in runs for job in r.jobs]
-        again = [r for r in runs if r.capped and r.fresh]
+        again = [r for r in runs if r.out_of_reach and r.fresh]
         if fatal is not None or shutdown.is_requested or not again:
             unreached = _log_unreached(runs, dry_run=False)
             return _exit_code(jobs, shutdown=shutdown, fatal=fatal, unreached=unreached)
@@ -393,15 +393,15 @@ def _done(jobs: list[Job]) -> int:
 
 
 def _log_unreached(runs: list[TargetRun], *, dry_run: bool) -> bool:
-    """Warn for each target whose last listing was capped; whether there was any."""
-    capped = [r for r in runs if r.capped]
+    """Warn for each target whose last listing left tasks out of reach; whether there was any."""
+    capped = [r for r in runs if r.out_of_reach]
     for run in capped:
         log.warning(
             "listing_incomplete",
             target=run.label,
-            reason="offset cap",
+            reason=run.unreached_reason,
             passes=run.passes,
-            unseen=run.unseen,
+            unseen=run.unreached,
             dry_run=dry_run,
         )
     return bool(capped)

@@ -131,13 +131,17 @@ PAGE = {"tasks": [{"id": 123456789012345, "status": 5, "name": "x"}], "count": 7
 
 @pytest.mark.parametrize("malformation", list(Malformation))
 def test_each_malformation_breaks_the_page(malformation: Malformation) -> None:
-    """HTML 502, truncated JSON, or a value of the wrong JSON type; the input is untouched."""
+    """HTML 502 or 200, truncated JSON, or a value of the wrong JSON type; input untouched."""
     original = json.loads(json.dumps(PAGE))
     status, content_type, body = malformed_list_answer(malformation, PAGE, random.Random(1))
     assert original == PAGE
     if malformation is Malformation.HTML_PAGE:
         assert (status, content_type) == (502, "text/html")
         assert body.startswith(b"<html>")
+        return
+    if malformation is Malformation.HTML_200:
+        assert (status, content_type) == (200, "text/html")
+        assert b"<html>" in body
         return
     assert (status, content_type) == (200, "application/json")
     if malformation is Malformation.TRUNCATED_JSON:
