@@ -8,6 +8,7 @@ worked out from its raw task objects (tests/expectations.py), not by the policy 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,7 @@ async def test_a_listing_never_shown_complete_is_worked_then_exits_1(
 # One odd task never stops a run
 
 
-def _odd(task: dict[str, Any], *, now: datetime) -> bool:
+def _odd(task: Mapping[str, Any], *, now: datetime) -> bool:
     """A task whose name is no string, or whose start_time is no plausible epoch ms."""
     start = task.get("start_time") or 0
     now_ms = int(now.timestamp() * 1000)
