@@ -602,7 +602,7 @@ def copied(path: Path, directory: Path, name: str | None = None) -> Path:
     return target
 
 
-def edited(path: Path, directory: Path, change: Callable[[dict[str, Any]], None]) -> Path:
+def edited(path: Path, directory: Path, change: Callable[[dict[str, Any]], object]) -> Path:
     """A copy of the report `path` in `directory`, changed by `change`."""
     report = load_report(path)
     change(report)
@@ -813,7 +813,7 @@ def _bump(*path: str | int) -> Callable[[dict[str, Any]], None]:
     return change
 
 
-INCONSISTENT: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+INCONSISTENT: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
     "target_listed": (
         _bump("summary", "targets", 0, "listed"),
         "summary.targets[0].listed: is ",
