@@ -372,6 +372,34 @@ def test_malformed_input_is_refused(change: str, message: str) -> None:
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("first", "second", "named"),
+    [
+        # A setting this version does not know (a newer branch's) must agree as well.
+        ({"max_staleness": "5m"}, {"max_staleness": "1h"}, 'max_staleness ("5m" vs "1h")'),
+        ({"max_staleness": "5m"}, {}, 'max_staleness ("5m" vs absent)'),
+        ({"protect_ids": [1, 2]}, {"protect_ids": [1]}, "protect_ids ([1, 2] vs [1])"),
+        ({"shard_count": 2}, {"shard_count": 2, "shard_index": 1, "rate": 9.0}, None),
+    ],
+)
+def test_settings_must_agree_except_per_shard_ones(
+    first: dict[str, Any], second: dict[str, Any], named: str | None
+) -> None:
+    """Any setting outside the per-shard ones must be equal; unknown ones included."""
+    a = a_report("pa", ["deleted"], settings=policy_settings(["pa"], **first))
+    b = a_report(
+        "pb", ["deleted"], settings=policy_settings(["pb"], **second), started=timedelta(1)
+    )
+    if named is None:
+        check_schema(merge_reports([("a.json", a), ("b.json", b)]))
+        return
+    with pytest.raises(MergeError) as error:
+        merge_reports([("a.json", a), ("b.json", b)])
+    assert (
+        str(error.value) == f"a.json and b.json are not shards of one run: they differ in {named}"
+    )
+
+
 @pytest.mark.parametrize("same", ["identical", "rerun"])
 def test_overlapping_projects_are_refused(same: str) -> None:
     """Two reports of one project overlap; no merged count would be true."""

@@ -283,7 +283,8 @@ def _check_one_run(inputs: Sequence[_Input]) -> None:
             )
         mine, theirs = first.report["settings"], other.report["settings"]
         for key in _keys([mine, theirs]):
-            if key in PER_SHARD_SETTINGS or (key == "dry_run" and differences):
+            # settings.dry_run and execute say again what the top-level dry_run said.
+            if key in PER_SHARD_SETTINGS or (key in ("dry_run", "execute") and differences):
                 continue
             a, b = mine.get(key, _ABSENT), theirs.get(key, _ABSENT)
             if a != b:
