@@ -378,7 +378,17 @@ def test_malformed_input_is_refused(change: str, message: str) -> None:
         # A setting this version does not know (a newer branch's) must agree as well.
         ({"max_staleness": "5m"}, {"max_staleness": "1h"}, 'max_staleness ("5m" vs "1h")'),
         ({"max_staleness": "5m"}, {}, 'max_staleness ("5m" vs absent)'),
-        ({"protect_ids": [1, 2]}, {"protect_ids": [1]}, "protect_ids ([1, 2] vs [1])"),
+        (
+            {"protect_ids": [{"id": 1, "from": ["file"]}, {"id": 2, "from": ["flags"]}]},
+            {"protect_ids": [{"id": 1, "from": ["file"]}]},
+            "protect_ids ([1, 2] vs [1])",
+        ),
+        # The same protections from other layers are the same policy.
+        (
+            {"name_exclude": [{"pattern": "*-keep", "from": ["file"]}]},
+            {"name_exclude": [{"pattern": "*-keep", "from": ["environment", "flags"]}]},
+            None,
+        ),
         ({"shard_count": 2}, {"shard_count": 2, "shard_index": 1, "rate": 9.0}, None),
     ],
 )

@@ -286,7 +286,7 @@ def _check_one_run(inputs: Sequence[_Input]) -> None:
             # settings.dry_run and execute say again what the top-level dry_run said.
             if key in PER_SHARD_SETTINGS or (key in ("dry_run", "execute") and differences):
                 continue
-            a, b = mine.get(key, _ABSENT), theirs.get(key, _ABSENT)
+            a, b = _policy_value(mine.get(key, _ABSENT)), _policy_value(theirs.get(key, _ABSENT))
             if a != b:
                 differences.append(f"{key} ({_shown(a)} vs {_shown(b)})")
         if differences:
@@ -294,6 +294,21 @@ def _check_one_run(inputs: Sequence[_Input]) -> None:
                 f"{first.source} and {other.source} are not shards of one run: they differ in "
                 f"{', '.join(differences)}"
             )
+
+
+def _policy_value(value: Any) -> Any:
+    """A setting as the policy sees it: a protection without the layers that gave it.
+
+    protect_ids and name_exclude list `{"id" | "pattern": ..., "from": [layers]}`; the same
+    protection given by the file in one shard and by a flag in another protects alike.
+    """
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(item, Mapping) and "from" in item and len(item) == 2 for item in value)
+    ):
+        return sorted((next(v for k, v in item.items() if k != "from") for item in value), key=str)
+    return value
 
 
 def _check_shards(inputs: Sequence[_Input]) -> None:

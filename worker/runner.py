@@ -119,6 +119,9 @@ async def _run(
         dry_run=dry_run,
         targets=[t.project_id for t in settings.targets],
     )
+    if settings.dropped_targets:
+        # Flags replaced the config file's [[targets]]: legal, but easy to do by accident.
+        log.warning("targets_replaced", dropped=masked_settings(settings)["dropped_targets"])
     try:
         async with AsyncExitStack() as stack:
             runs = [
