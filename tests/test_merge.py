@@ -716,22 +716,35 @@ def test_a_missing_shard_is_listed_and_the_merge_exits_1(
     assert not absent & {t["project_id"] for t in merged["summary"]["targets"]}
 
 
-def test_a_missing_shard_through_the_installed_command(real_runs: RealRuns, tmp_path: Path) -> None:
-    """The `oms-cleanup` process itself exits 1 and says which shard is missing, in one line."""
+@pytest.mark.parametrize("case", ["missing_shard", "other_policy", "edited_count"])
+def test_the_installed_command(real_runs: RealRuns, tmp_path: Path, case: str) -> None:
+    """The `oms-cleanup` process itself: exit 1 for a missing shard, 2 for a refusal; one line."""
     out = tmp_path / "merged.json"
-    command = Path(sys.executable).with_name("oms-cleanup")
-    inputs = [str(real_runs.report("dry", 0)), str(real_runs.report("dry", 2))]
+    inputs = [real_runs.report("dry", 0), real_runs.report("dry", 1), real_runs.report("dry", 2)]
+    if case == "missing_shard":
+        del inputs[1]
+        expected, code = "warning: merge-reports: no report for shard(s) 1 of 3", 1
+    elif case == "other_policy":
+        inputs[1] = real_runs.report("policy-states", 1)
+        expected, code = "error: merge-reports: ", 2
+    else:
+        inputs[1] = edited(inputs[1], tmp_path, _bump("summary", "targets", 0, "listed"))
+        expected, code = f"error: merge-reports: {inputs[1]}: summary.targets[0].listed: is ", 2
     done = subprocess.run(
-        [str(command), "merge-reports", str(out), *inputs],
+        [str(Path(sys.executable).with_name("oms-cleanup")), "merge-reports", str(out)]
+        + [str(path) for path in inputs],
         capture_output=True,
         text=True,
         check=False,
         timeout=60,
     )
-    assert done.returncode == 1
+    assert done.returncode == code
     assert done.stderr.count("\n") == 1
-    assert "no report for shard(s) 1 of 3" in done.stderr
-    assert load_report(out)["missing_shards"] == [1]
+    assert done.stderr.startswith(f"oms-cleanup: {expected}"), done.stderr
+    if code == 1:
+        assert load_report(out)["missing_shards"] == [1]
+    else:
+        assert not out.exists()
 
 
 @pytest.mark.parametrize("case", ["copy", "rerun", "empty_shard_twice"])
