@@ -349,6 +349,8 @@ def broken(change: str) -> dict[str, Any]:
         settings["shard_count"] = 3
     elif change == "zero_shards":
         settings["shard_count"] = 0
+    elif change == "nan_setting":
+        settings["rate"] = float("nan")
     return report
 
 
@@ -361,6 +363,7 @@ def broken(change: str) -> dict[str, Any]:
         ("bool_shard_index", "bad.json: settings.shard_index: must be an integer of 0 or more"),
         ("index_past_count", "bad.json: settings.shard_index: 3 is not below shard_count (3)"),
         ("zero_shards", "bad.json: settings.shard_count: must be an integer of 1 or more (got 0)"),
+        ("nan_setting", "bad.json: settings: holds NaN or Infinity, which JSON does not allow"),
     ],
 )
 def test_malformed_input_is_refused(change: str, message: str) -> None:
@@ -467,6 +470,7 @@ def test_command_writes_a_valid_merged_report(
         ("twice", "merge-reports: {tmp}/r-0.json is given twice"),
         ("no_output_dir", "merge-reports: {tmp}/no/out.json: cannot write: No such file"),
         ("overlap", "merge-reports: project 'pa' is a target in both"),
+        ("nan", "merge-reports: {tmp}/bad.json: settings: holds NaN or Infinity"),
     ],
 )
 def test_command_bad_input_is_one_line_and_exit_2(
@@ -493,6 +497,9 @@ def test_command_bad_input_is_one_line_and_exit_2(
         out, inputs = tmp_path / "no" / "out.json", [good]
     elif case == "overlap":
         inputs = [good, write(bad, a_report("pa", ["failed"]))]
+    elif case == "nan":
+        text = json.dumps(a_report("pb", ["deleted"])).replace('"rate": 20.0', '"rate": NaN')
+        bad.write_text(text, encoding="utf-8")
     assert run_cli(["merge-reports", str(out), *map(str, inputs)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1

@@ -236,6 +236,14 @@ def _read(source: str, report: Mapping[str, Any]) -> _Input:
             f"{source}: is itself a merged report; merge the shards' own reports instead"
         )
     settings = report["settings"]
+    try:
+        # Python reads NaN and Infinity as JSON; the schema leaves settings open, and the
+        # merged report (which holds every input's settings) could not be written.
+        json.dumps(settings, allow_nan=False)
+    except ValueError:
+        raise MergeError(
+            f"{source}: settings: holds NaN or Infinity, which JSON does not allow"
+        ) from None
     count = _setting_int(source, settings, "shard_count", minimum=1)
     index = _setting_int(source, settings, "shard_index", minimum=0)
     if index >= count:
