@@ -27,6 +27,7 @@ from typing import Any
 from worker import __version__
 from worker.logs import REDACTED, is_secret_key
 from worker.oms.errors import ErrorInfo
+from worker.oms.models import MalformedTask
 from worker.outcomes import Outcome
 
 SCHEMA_VERSION = 1
@@ -90,6 +91,9 @@ class TargetSummary:
     offset_cap: OffsetCap | None = None
     listing: str = "complete"
     max_deletions: CapCheck | None = None
+    # Task entries OMS sent that could not be read (at most MALFORMED_SHOWN of them).
+    malformed: Sequence[MalformedTask] = ()
+    unproven_listing: UnprovenListing | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,6 +118,36 @@ class CapCheck:
             "base": self.base,
             "limit": self.limit,
             "exceeded": self.exceeded,
+        }
+
+
+# A report lists this many malformed entries per target at most; `not_selected.malformed`
+# counts them all.
+MALFORMED_SHOWN = 100
+
+
+@dataclass(frozen=True, slots=True)
+class UnprovenListing:
+    """A target listing whose pages disagreed with the counts OMS reported, on every read.
+
+    `complete` says the last pass's listing was shown complete after all; otherwise up to
+    `may_be_unseen` tasks may have been missed (neither judged nor deleted).
+    """
+
+    passes: int
+    complete: bool
+    may_be_unseen: int
+    reads: int
+    note: str
+
+    def as_report(self) -> dict[str, Any]:
+        """The target's `unproven_listing` block."""
+        return {
+            "passes": self.passes,
+            "complete": self.complete,
+            "may_be_unseen": self.may_be_unseen,
+            "reads": self.reads,
+            "note": self.note,
         }
 
 
@@ -320,6 +354,16 @@ def _assemble(
             "listing": t.listing,
             "max_deletions": None if t.max_deletions is None else t.max_deletions.as_report(),
             **({} if t.offset_cap is None else {"offset_cap": t.offset_cap.as_report()}),
+            **(
+                {}
+                if t.unproven_listing is None
+                else {"unproven_listing": t.unproven_listing.as_report()}
+            ),
+            **(
+                {"malformed": [{"id": m.id, "problem": m.problem} for m in t.malformed]}
+                if t.malformed
+                else {}
+            ),
         }
         for t, records in targets
     ]

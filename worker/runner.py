@@ -180,7 +180,9 @@ class _Run:
         dry_run = not self.settings.execute
         done = DONE_OUTCOMES | {Outcome.WOULD_DELETE} if dry_run else DONE_OUTCOMES
         jobs_left = any((job.outcome or Outcome.NOT_ATTEMPTED) not in done for job in _jobs(runs))
-        listings_left = any(r.listing_state is not ListingState.COMPLETE or r.capped for r in runs)
+        listings_left = any(
+            r.listing_state is not ListingState.COMPLETE or r.out_of_reach for r in runs
+        )
         return RunEnd(
             signal=self.shutdown.signal,
             fatal=crashed or self.shutdown.fatal is not None,
@@ -434,10 +436,11 @@ class _Work:
         return answer
 
     async def _delete_in_passes(self, target: TargetRun) -> None:
-        """Delete the target's selection; while its capped listing's window moved, go on."""
+        """Delete the target's selection; while its listing left tasks out of reach and the
+        last pass selected something new (the offset cap, an unproven listing), go on."""
         while True:
             await self._delete(target)
-            if self.shutdown.is_requested or not (target.capped and target.fresh):
+            if self.shutdown.is_requested or not (target.out_of_reach and target.fresh):
                 return
             log.info(
                 "listing_again",
@@ -518,15 +521,15 @@ async def _ask(
 
 
 def _log_unreached(runs: list[TargetRun], *, dry_run: bool) -> bool:
-    """Warn for each target whose last listing was capped; whether there was any."""
-    capped = [r for r in runs if r.capped]
+    """Warn for each target whose last listing left tasks out of reach; whether there was any."""
+    capped = [r for r in runs if r.out_of_reach]
     for run in capped:
         log.warning(
             "listing_incomplete",
             target=run.label,
-            reason="offset cap",
+            reason=run.unreached_reason,
             passes=run.passes,
-            unseen=run.unseen,
+            unseen=run.unreached,
             dry_run=dry_run,
         )
     return bool(capped)

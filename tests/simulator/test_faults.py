@@ -133,13 +133,17 @@ PAGE = {"tasks": [{"id": 123456789012345, "status": 5, "name": "x"}], "count": 7
 
 @pytest.mark.parametrize("malformation", list(Malformation))
 def test_each_malformation_breaks_the_page(malformation: Malformation) -> None:
-    """HTML 502, truncated JSON, or a value of the wrong JSON type; the input is untouched."""
+    """HTML 502 or 200, truncated JSON, or a value of the wrong JSON type; input untouched."""
     original = json.loads(json.dumps(PAGE))
     status, content_type, body = malformed_list_answer(malformation, PAGE, random.Random(1))
     assert original == PAGE
     if malformation is Malformation.HTML_PAGE:
         assert (status, content_type) == (502, "text/html")
         assert body.startswith(b"<html>")
+        return
+    if malformation is Malformation.HTML_200:
+        assert (status, content_type) == (200, "text/html")
+        assert b"<html>" in body
         return
     assert (status, content_type) == (200, "application/json")
     if malformation is Malformation.TRUNCATED_JSON:
@@ -373,3 +377,44 @@ async def test_a_key_failing_repeatedly_is_locked(make_simulator: SimulatorFacto
     assert locked.status == 401
     assert b"locked" in locked.body
     assert sim.state.snapshot()["locked_keys"] == [DEFAULT_ACCESS_KEY]
+
+
+async def test_a_stated_retry_after_replaces_the_windows_wait(
+    make_simulator: SimulatorFactory,
+) -> None:
+    """retry_after_seconds: every 429 says that, however soon the window frees."""
+    clock = FakeMonotonic()
+    handle = await make_simulator(
+        faults=FaultConfig(rate_limit=1, retry_after_seconds=100_000), monotonic=clock
+    )
+    async with sim_client(handle) as client:
+        assert (await client.list()).status == 200
+        throttled = await client.list()
+    assert throttled.status == 429
+    assert throttled.headers["Retry-After"] == "100000"
+
+
+async def test_another_deleter_removes_passed_tasks_after_each_page(
+    make_simulator: SimulatorFactory,
+) -> None:
+    """After each list page it deletes tasks at offsets already read, up to its budget."""
+    handle = await make_simulator(
+        tasks_per_project=50,
+        faults=FaultConfig(
+            other_deleter_per_page=3, other_deleter_states=frozenset({5}), other_deleter_budget=5
+        ),
+    )
+    async with sim_client(handle) as client:
+        first = (await client.list(limit=10, offset=0)).json()
+        second = (await client.list(limit=10, offset=10)).json()
+        third = (await client.list(limit=10, offset=20)).json()
+        state = await client.sim_state()
+    gone = [record["task_id"] for record in state["other_deletions"]]
+    assert len(gone) == 5  # 3, then the 2 left of the budget, then none
+    first_ids = [task["id"] for task in first["tasks"]]
+    succeeded_first = [task["id"] for task in first["tasks"] if task["status"] == 5]
+    assert gone[:3] == succeeded_first[:3]
+    assert set(gone) <= set(first_ids) | {task["id"] for task in second["tasks"]}
+    assert (first["count"], second["count"], third["count"]) == (50, 47, 45)
+    assert state["deletions"] == []  # not a client's deletion
+    assert state["remaining"][DEFAULT_PROJECT_ID]["total"] == 45

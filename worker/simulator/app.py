@@ -142,15 +142,32 @@ class _Api:
             if status_raw is None
             else _int_param(status_raw, "status", default=0, low=_MIN_STATUS, high=_MAX_STATUS)
         )
+        group_id = query.get("group_id") or None
+        task_name = query.get("task_name") or None
         tasks, count = self.state.list_tasks(
             project_id,
             offset=offset,
             limit=limit,
             status=status,
-            group_id=query.get("group_id") or None,
-            task_name=query.get("task_name") or None,
+            group_id=group_id,
+            task_name=task_name,
         )
-        return _Page(project_id, tasks, count)
+        # Tasks deleted below stay in this answer: it was read before they went.
+        page = _Page(project_id, tasks, count)
+        faults = self.config.faults
+        if faults.other_deleter_per_page > 0:
+            # After this page is answered someone else deletes tasks this listing has passed.
+            self.state.delete_behind(
+                project_id,
+                before=offset + len(tasks),
+                count=faults.other_deleter_per_page,
+                states=faults.other_deleter_states,
+                budget=faults.other_deleter_budget,
+                status=status,
+                group_id=group_id,
+                task_name=task_name,
+            )
+        return page
 
     def _show(self, request: web.Request, project_id: str, by: str) -> bytes:
         task = self.state.show_task(project_id, _task_id(request))
@@ -216,8 +233,12 @@ class _Api:
                     throttle_message(self.window.limit, stated=self.config.faults.state_limit),
                     request_id,
                 )
-                if self.config.faults.retry_after:
-                    response.headers["Retry-After"] = retry_after_header(wait)
+                faults = self.config.faults
+                if faults.retry_after:
+                    stated = faults.retry_after_seconds
+                    response.headers["Retry-After"] = (
+                        retry_after_header(wait) if stated is None else str(stated)
+                    )
                 return response
 
         plan = self.faults.plan(is_list=kind == "list")

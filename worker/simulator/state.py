@@ -34,6 +34,9 @@ INVALID_PARAMETERS = "OMS.0064"
 NOT_MIGRATING = "OMS.0066"
 NOT_FOUND = "OMS.1009"
 
+# Who the `other_deleter_*` faults delete as, in `other_deletions`.
+OTHER_ACTOR = "another-actor"
+
 _FINISH = "finish"
 _PAUSED = "paused"
 
@@ -129,7 +132,7 @@ class ProjectTasks:
             task
             for task in (self.tasks[key[1]] for key in source)
             if (not group_id or task["group_id"] == group_id)
-            and (needle is None or needle in task["name"].casefold())
+            and (needle is None or needle in str(task["name"] or "").casefold())
         ]
         return matching[offset : offset + limit], len(matching)
 
@@ -197,6 +200,8 @@ class SimulatorState:
         self.deletions: list[ActionRecord] = []
         self.stops: list[ActionRecord] = []
         self.refused_deletes: list[RefusedDelete] = []
+        # Deletions by another actor (the `other_deleter_*` faults), not by any client.
+        self.other_deletions: list[ActionRecord] = []
         self.requests: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.iam_token_uses = 0
@@ -331,6 +336,36 @@ class SimulatorState:
         self._runtime.pop((project_id, task_id), None)
         self.deletions.append(ActionRecord(task_id, project_id, by, now))
 
+    def delete_behind(
+        self,
+        project_id: str,
+        *,
+        before: int,
+        count: int,
+        states: frozenset[int],
+        budget: int | None,
+        status: int | None = None,
+        group_id: str | None = None,
+        task_name: str | None = None,
+    ) -> int:
+        """Another actor deletes up to `count` tasks in `states` among the first `before` of
+        this listing's order (so every later offset shifts); returns how many it deleted."""
+        if budget is not None:
+            count = min(count, budget - len(self.other_deletions))
+        if count <= 0:
+            return 0
+        now = self.advance()
+        project = self.projects[project_id]
+        passed, _ = project.page(
+            offset=0, limit=before, status=status, group_id=group_id, task_name=task_name
+        )
+        victims = [task for task in passed if task["status"] in states][:count]
+        for task in victims:
+            project.remove(task)
+            self._runtime.pop((project_id, task["id"]), None)
+            self.other_deletions.append(ActionRecord(task["id"], project_id, OTHER_ACTOR, now))
+        return len(victims)
+
     def stop_task(self, project_id: str, task_id: int, *, by: str) -> None:
         """Pause a migrating task (2 -> 7, then 3 after the pausing delay); else OMS.0066."""
         now = self.advance()
@@ -373,6 +408,7 @@ class SimulatorState:
             "deletions": [record.as_json() for record in self.deletions],
             "stops": [record.as_json() for record in self.stops],
             "refused_deletes": [record.as_json() for record in self.refused_deletes],
+            "other_deletions": [record.as_json() for record in self.other_deletions],
             "requests": {kind: self.requests[kind] for kind in ("list", "show", "delete", "stop")},
             "rejected": {
                 reason: self.rejected[reason]
