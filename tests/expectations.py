@@ -38,9 +38,11 @@ def eligible(
     """The keys of the tasks in `codes` whose known start is at least `older_than` before `now`."""
     chosen = set()
     for key, task in tasks.items():
+        if keep(task):  # before reading the start: an odd task's may be no datetime at all
+            continue
         start = started(task)
         old_enough = start is not None and now - start >= older_than
-        if task["status"] in codes and old_enough and not keep(task):
+        if task["status"] in codes and old_enough:
             chosen.add(key)
     return chosen
 

@@ -64,6 +64,45 @@ CASES: dict[str, Case] = {
     "protect-id-negative": Case(("--protect-id", "-5"), "--protect-id: expected task ids"),
     "empty-group-id": Case(("--group-id", ""), "--group-id: must not be empty"),
     "empty-name-include": Case(("--name-include", ""), "--name-include: a name pattern"),
+    # a list that names nothing, from any layer, never empties a list
+    "env-exclude-a-comma": Case(
+        (), "--name-exclude (OMS_CLEANUP_NAME_EXCLUDE): ", env={"OMS_CLEANUP_NAME_EXCLUDE": ","}
+    ),
+    "env-protect-ids-blank": Case(
+        (), "--protect-id (OMS_CLEANUP_PROTECT_IDS): ", env={"OMS_CLEANUP_PROTECT_IDS": " , "}
+    ),
+    "env-include-blank": Case(
+        (), "--name-include (OMS_CLEANUP_NAME_INCLUDE): ", env={"OMS_CLEANUP_NAME_INCLUDE": " , "}
+    ),
+    "file-exclude-a-comma": Case(
+        ("--config", "c.toml"),
+        "--name-exclude (config file 'c.toml'): ",
+        files={"c.toml": b'name_exclude = ","\n'},
+    ),
+    # durations too long for anything (and for timedelta)
+    "older-than-overflow": Case(("--older-than", "99999999999w"), "--older-than: duration"),
+    "deadline-overflow": Case(("--deadline", "99999999999w"), "--deadline: duration"),
+    "requeue-delay-overflow": Case(("--requeue-delay", "99999999999w"), "--requeue-delay: "),
+    "grace-overflow": Case(("--shutdown-grace", "99999999999w"), "--shutdown-grace: duration"),
+    "config-deadline-overflow": Case(
+        ("--config", "c.toml"),
+        "--deadline (config file 'c.toml'): duration '1000000000d' is too long",
+        files={"c.toml": b'deadline = "1000000000d"\n'},
+    ),
+    # booleans are not numbers
+    "config-attempts-true": Case(
+        ("--config", "c.toml"),
+        "--max-attempts (config file 'c.toml'): expected a whole number (got true)",
+        files={"c.toml": b"max_attempts = true\n"},
+    ),
+    "config-rate-true": Case(
+        ("--config", "c.toml"), "--rate (config file 'c.toml'): ", files={"c.toml": b"rate = true"}
+    ),
+    "config-yes-no-one": Case(
+        ("--config", "c.toml"),
+        "--list-by-status (config file 'c.toml'): expected true or false (got 1)",
+        files={"c.toml": b"list_by_status = 1"},
+    ),
     # targets and connection
     "endpoint-malformed": Case(("--endpoint", "https//oms.example.com"), "--endpoint: "),
     "endpoint-ftp": Case(("--endpoint", "ftp://127.0.0.1:9"), "--endpoint: "),

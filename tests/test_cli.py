@@ -219,7 +219,7 @@ def test_validate_prints_masked_settings(
     assert err == ""
     assert shown["auth_mode"] == mode
     assert shown["rate"] == 5.0
-    assert shown["protect_ids"] == [9]
+    assert shown["protect_ids"] == [{"id": 9, "from": ["flags"]}]
     assert shown["targets"] == [{"project_id": "p1", "region": "cn-north-4", "endpoint": None}]
     assert shown["dry_run"] is True
     for secret in hidden:

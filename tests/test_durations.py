@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from worker.durations import format_duration, parse_duration
+from worker.durations import MAX_DURATION, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -26,6 +26,9 @@ from worker.durations import format_duration, parse_duration
         ),
         (" 7D ", timedelta(days=7)),
         ("1m5s", timedelta(minutes=1, seconds=5)),
+        ("36525d", MAX_DURATION),
+        ("5217w6d", timedelta(weeks=5217, days=6)),
+        ("0000000000000000000000000001s", timedelta(seconds=1)),
     ],
 )
 def test_parse_accepts(text: str, expected: timedelta) -> None:
@@ -47,6 +50,12 @@ def test_parse_accepts(text: str, expected: timedelta) -> None:
         ("30m1h", "largest to smallest"),
         ("5m5m", "largest to smallest"),
         ("1h-30m", "invalid duration"),
+        # Beyond the limit, and beyond what timedelta holds: an error, never an OverflowError.
+        ("36525d1ms", "too long"),
+        ("5218w", "too long"),
+        ("1000000000d", "too long"),
+        ("99999999999w", "'99999999999w' is too long \\(at most 36525d\\)"),
+        ("1w" + "9" * 5000 + "d", "too long"),
     ],
 )
 def test_parse_rejects(text: str, fragment: str) -> None:
@@ -90,3 +99,10 @@ def test_format_rejects_negative() -> None:
     """A negative duration has no spelling and is refused."""
     with pytest.raises(ValueError, match="negative"):
         format_duration(timedelta(seconds=-1))
+
+
+def test_too_long_message_stays_short() -> None:
+    """Thousands of digits are shortened in the message, which stays one readable line."""
+    with pytest.raises(ValueError, match="too long") as error:
+        parse_duration("9" * 5000 + "s")
+    assert len(str(error.value)) < 100

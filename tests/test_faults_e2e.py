@@ -233,13 +233,14 @@ def malformed_from_second_page(
 @pytest.mark.usefixtures("quick_retries")
 @pytest.mark.parametrize(
     ("malformed_from_second_page", "list_requests", "http_status"),
+    # Each is retried up to the budget of 5 sends: a 5xx, and a GET's broken 200 alike.
     [
-        (Malformation.HTML_PAGE, 1 + 5, 502),  # a 5xx: retried up to the budget of 5 sends
-        (Malformation.TRUNCATED_JSON, 2, 200),  # a broken 200 is never retried
-        (Malformation.WRONG_TYPES, 2, 200),
+        (Malformation.HTML_PAGE, 1 + 5, 502),
+        (Malformation.HTML_200, 1 + 5, 200),
+        (Malformation.TRUNCATED_JSON, 1 + 5, 200),
     ],
     indirect=["malformed_from_second_page"],
-    ids=["html-502", "truncated-json", "wrong-types"],
+    ids=["html-502", "html-200", "truncated-json"],
 )
 async def test_malformed_listing_deletes_nothing(
     make_simulator: SimulatorFactory,
@@ -249,7 +250,7 @@ async def test_malformed_listing_deletes_nothing(
     list_requests: int,
     http_status: int,
 ) -> None:
-    """A broken page after a sound one: exit 4, zero deletes, the report names the answer."""
+    """A page broken on every retry after a sound one: exit 4, zero deletes, the answer named."""
     sim = await make_simulator(tasks_per_project=250)
     assert expected_selection(sim, now=now), "population too small for this test"
 
@@ -264,6 +265,31 @@ async def test_malformed_listing_deletes_nothing(
     (target,) = run.report["summary"]["targets"]
     assert target["error"]["http_status"] == http_status
     assert target["error"]["request_id"]
+
+
+@pytest.mark.parametrize("malformed_from_second_page", [Malformation.WRONG_TYPES], indirect=True)
+async def test_a_wrong_typed_task_is_kept_and_the_rest_deleted(
+    make_simulator: SimulatorFactory,
+    tmp_path: Path,
+    now: datetime,
+    malformed_from_second_page: Malformation,
+) -> None:
+    """One task per page with a string id or status: each kept as malformed, the rest deleted."""
+    sim = await make_simulator(tasks_per_project=250)
+    expected = expected_selection(sim, now=now)
+
+    run = await run_against(sim, tmp_path, now=now)
+
+    assert run.exit_code == 0, run.report["summary"]
+    (target,) = run.report["summary"]["targets"]
+    # Pages 2 and 3 of the one listing each carried one.
+    assert target["not_selected"]["malformed"] == len(target["malformed"]) == 2
+    assert target["listed"] == 250
+    assert run.deleted_by_simulator <= expected
+    assert len(expected - run.deleted_by_simulator) <= 2
+    assert run.truth["remaining"][DEFAULT_PROJECT_ID]["total"] == 250 - len(
+        run.deleted_by_simulator
+    )
 
 
 # ------------------------------------------------------------------------------------------

@@ -17,12 +17,13 @@ from worker.freshness import (
     rejudge,
     relist_pages,
 )
-from worker.oms.errors import ErrorInfo, ServerError, TaskNotFound, TaskRunning
+from worker.oms.errors import ErrorInfo, ServerError, TaskNotFound, TaskRunning, Throttled
 from worker.oms.models import Task, TaskPage, TaskStatus
 from worker.outcomes import Outcome
 from worker.policy import Policy, SkipReason
 from worker.scheduler import Job, Scheduler, SchedulerConfig
-from worker.shutdown import DEADLINE, Shutdown
+from worker.shutdown import Shutdown
+from worker.stopping import StopGate
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 OLD = int((NOW - timedelta(days=60)).timestamp() * 1000)
@@ -423,8 +424,62 @@ async def test_scheduler_sends_nothing_for_stale_jobs_after_a_stop_during_refres
     shutdown = Shutdown()
     running = asyncio.create_task(_schedule(refresher, jobs, api, shutdown))
     await asyncio.sleep(0.01)
-    shutdown.request(DEADLINE)
+    shutdown.on_deadline()
     source.gate.set()
     await running
     assert api.deletes == []
     assert {job.outcome for job in jobs} == {Outcome.NOT_ATTEMPTED}
+
+
+class OpenGate:
+    """A rate limiter that admits everything at once."""
+
+    async def acquire(self) -> None:
+        return None
+
+    def on_throttled(self, error: Throttled) -> None:
+        return None
+
+    def on_success(self) -> None:
+        return None
+
+
+async def test_a_read_before_a_stopped_delete_does_not_count_as_the_delete_leaving() -> None:
+    """The GET went out, then the stop held the delete back: not "may have reached OMS"."""
+    stopped = asyncio.Event()
+    gate = StopGate(OpenGate(), stopped=stopped)
+    source, jobs, _, refresher = _setup(1)
+    job = jobs[0]
+    real_show = source.show_task
+
+    async def show_then_stop(task_id: int) -> Task:
+        await gate.acquire()
+        task = await real_show(task_id)
+        stopped.set()  # the run stops just after the read came back
+        return task
+
+    class GatedApi(RefusingApi):
+        async def delete_task(self, task_id: int) -> None:
+            await gate.acquire()
+            await super().delete_task(task_id)
+
+    source.show_task = show_then_stop  # type: ignore[method-assign]
+    # Refused once: the next attempt reads the task first.
+    api = GatedApi(running={1})
+    config = SchedulerConfig(concurrency=1, max_attempts=5, requeue_delay=0.01, grace=1.0)
+    loop = asyncio.get_running_loop()
+    scheduler = Scheduler(
+        api=api,
+        jobs=jobs,
+        config=config,
+        shutdown=Shutdown(),
+        deadline=loop.time() + 30,
+        judge=refresher,
+    )
+    await scheduler.run()
+    assert api.deletes == [1]  # the first, refused; the second never left
+    assert source.gets == 1
+    assert job.outcome is Outcome.STILL_RUNNING
+    assert job.last_error is not None
+    assert job.last_error.http_status == 400  # still the refusal, not a cut-off request
+    assert "may have reached" not in (job.last_error.error_msg or "")

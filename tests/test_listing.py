@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from worker.listing import IncompleteListing, is_offset_cap, list_all
+from worker.listing import LISTING_ATTEMPTS, is_offset_cap, list_all
 from worker.oms.errors import (
     AuthFailed,
     ErrorInfo,
@@ -74,14 +74,21 @@ async def test_insertions_while_paging_are_deduplicated() -> None:
     listing = await list_all(Growing(list(range(1, 151))), page_size=100)
     ids = [t.id for t in listing.tasks]
     assert len(ids) == len(set(ids))
-    assert set(ids) == set(range(1, 151))  # every task present when paging began
+    assert set(ids) >= set(range(1, 151))  # every task present when paging began
+    # The count rose between pages: read again, and the second read agreed.
+    assert listing.attempts == 2
+    assert not listing.unproven
 
 
-async def test_count_above_what_pages_hold_is_refused() -> None:
-    """Pages that end before the reported count make the listing incomplete (fail closed)."""
+async def test_count_above_what_pages_hold_is_unproven() -> None:
+    """Pages that end before the reported count: read again, then unproven, 10 may be unseen."""
     lister = PagedTasks(list(range(1, 51)), inflate_count=10)
-    with pytest.raises(IncompleteListing, match="50 distinct tasks but the API reported 60"):
-        await list_all(lister, page_size=100)
+    listing = await list_all(lister, page_size=100)
+    assert listing.unproven
+    assert listing.may_be_unseen == 10
+    assert listing.attempts == LISTING_ATTEMPTS
+    assert listing.pages == LISTING_ATTEMPTS
+    assert [t.id for t in listing.tasks] == list(range(1, 51))
 
 
 def _refusal(error_type: type[OmsError], status: int, code: str | None) -> OmsError:
@@ -174,3 +181,91 @@ async def test_other_refusal_past_the_first_page_still_fails() -> None:
     lister = CappedPages(list(range(1, 351)), max_offset=150, code="OMS.9999")
     with pytest.raises(InvalidRequest):
         await list_all(lister, page_size=100)
+
+
+class ShiftingTasks(PagedTasks):
+    """Someone else deletes `per_page` tasks from the front after each page, `reads` times."""
+
+    def __init__(self, ids: list[int], *, per_page: int, disturbed_reads: int) -> None:
+        super().__init__(ids)
+        self.per_page = per_page
+        self.disturbed_reads = disturbed_reads
+        self.reads = 0
+
+    async def iter_pages(
+        self,
+        *,
+        page_size: int = 100,
+        status: TaskStatus | None = None,
+        group_id: str | None = None,
+        task_name: str | None = None,
+    ) -> AsyncIterator[TaskPage]:
+        self.reads += 1
+        offset = 0
+        while True:
+            tasks = [_task(i) for i in self.ids[offset : offset + page_size]]
+            yield TaskPage(tasks=tasks, count=len(self.ids))
+            if self.reads <= self.disturbed_reads:
+                del self.ids[: self.per_page]  # behind us: every later page shifts
+            offset += len(tasks)
+            if len(tasks) < page_size:
+                return
+
+
+async def test_tasks_shifted_past_the_listing_are_found_by_reading_again() -> None:
+    """Deletions behind the offset hide later tasks from one read; the second read finds them."""
+    lister = ShiftingTasks(list(range(1, 501)), per_page=7, disturbed_reads=1)
+    listing = await list_all(lister, page_size=100)
+    assert not listing.unproven
+    assert listing.attempts == 2
+    # Every task still there, and those gone since the first read too (kept: they were seen).
+    assert {t.id for t in listing.tasks} == set(range(1, 501))
+
+
+@pytest.mark.parametrize(("disturbed_reads", "unproven"), [(1, False), (2, False), (3, True)])
+async def test_a_listing_disturbed_on_every_read_is_unproven(
+    disturbed_reads: int, unproven: bool
+) -> None:
+    """Re-reads are bounded: disturbed on all LISTING_ATTEMPTS reads, the listing is unproven."""
+    lister = ShiftingTasks(list(range(1, 501)), per_page=7, disturbed_reads=disturbed_reads)
+    listing = await list_all(lister, page_size=100)
+    assert listing.unproven is unproven
+    assert lister.reads == min(disturbed_reads + 1, LISTING_ATTEMPTS)
+    if unproven:
+        # Five pages, each followed by 7 deletions: the counts fell by 28 before the last page.
+        assert listing.may_be_unseen == 28
+        assert listing.reported_count == 500 - 2 * 5 * 7  # the last read's largest count
+    else:
+        assert listing.may_be_unseen == 0
+
+
+class PagesWithOddEntries:
+    """Fixed pages holding malformed entries among sound tasks."""
+
+    def __init__(self, pages: list[TaskPage]) -> None:
+        self.pages = pages
+
+    async def iter_pages(
+        self,
+        *,
+        page_size: int = 100,
+        status: TaskStatus | None = None,
+        group_id: str | None = None,
+        task_name: str | None = None,
+    ) -> AsyncIterator[TaskPage]:
+        for page in self.pages:
+            yield page
+
+
+async def test_malformed_entries_count_towards_completeness() -> None:
+    """An unreadable entry held its place: a page of 2 tasks + 1 malformed matches count 3."""
+    page = TaskPage.model_validate(
+        {
+            "tasks": [{"id": 1, "status": 5}, {"id": 2, "status": 5, "name": None}, 42],
+            "count": 3,
+        }
+    )
+    listing = await list_all(PagesWithOddEntries([page]), page_size=100)
+    assert not listing.unproven
+    assert [t.id for t in listing.tasks] == [1]
+    assert [(m.id, "name" in m.problem) for m in listing.malformed] == [(2, True), (None, False)]

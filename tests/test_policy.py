@@ -32,6 +32,11 @@ def task(
     )
 
 
+def at(start_time: int) -> Task:
+    """A finished task whose raw start_time is `start_time`."""
+    return Task.model_validate({"id": 7, "name": "n", "status": 5, "start_time": start_time})
+
+
 def policy(**overrides: Any) -> Policy:
     """A policy for finished tasks older than 30 days, with overrides."""
     values: dict[str, Any] = {"states": FINISHED, "older_than": 30 * DAY}
@@ -90,6 +95,25 @@ SELECTION_TABLE = [
         policy(name_include=("y",)),
         SkipReason.AGE_UNKNOWN,
     ),
+    # Start times no real task can have: an unknown age, however old they make it look.
+    ("seconds read as milliseconds", at(1_764_000_000), policy(), SkipReason.AGE_UNKNOWN),
+    ("before 2015", at(1_420_070_399_999), policy(), SkipReason.AGE_UNKNOWN),
+    ("2015-01-01 exactly", at(1_420_070_400_000), policy(), None),
+    (
+        "a day ahead exactly",
+        task(age=-DAY),
+        policy(older_than=None, started_before=NOW + 2 * DAY),
+        None,
+    ),
+    (
+        "more than a day ahead",
+        task(age=-DAY - timedelta(milliseconds=1)),
+        policy(older_than=None, started_before=NOW + 3 * DAY),
+        SkipReason.AGE_UNKNOWN,
+    ),
+    ("year 9999", at(253_402_300_799_000), policy(), SkipReason.AGE_UNKNOWN),
+    ("year 10000 (no datetime)", at(253_402_300_800_000), policy(), SkipReason.AGE_UNKNOWN),
+    ("INT64_MAX", at(2**63 - 1), policy(), SkipReason.AGE_UNKNOWN),
     ("younger than older_than", task(age=29 * DAY), policy(), SkipReason.TOO_YOUNG),
     ("exactly older_than", task(age=30 * DAY), policy(), None),
     (

@@ -8,7 +8,7 @@ import types
 import asyncio_throttle.throttler
 import pytest
 
-from worker.oms.errors import ErrorInfo, Throttled
+from worker.oms.errors import MAX_RETRY_AFTER, ErrorInfo, Throttled
 from worker.ratelimit import (
     CATCH_UP,
     PACE_GUARD,
@@ -309,6 +309,17 @@ async def test_retry_after_pauses_every_acquire(clock: FakeClock) -> None:
     await limiter.acquire()
     # Then only the spacing of the halved rate.
     assert clock.sleeps == [pytest.approx(0.05), pytest.approx(pace_for(50))]
+
+
+@pytest.mark.parametrize("retry_after", [100_000.0, MAX_RETRY_AFTER + 0.5])
+async def test_a_huge_retry_after_pauses_no_longer_than_the_cap(
+    clock: FakeClock, retry_after: float
+) -> None:
+    """Retry-After: 100000 must not freeze the target: the pause is the client's cap at most."""
+    limiter = AdaptiveRateLimiter(100, clock=clock, sleep=clock.sleep)
+    limiter.on_throttled(_throttled(retry_after=retry_after))
+    await limiter.acquire()
+    assert clock.sleeps == [pytest.approx(MAX_RETRY_AFTER)]
 
 
 async def test_lowered_rate_applies_to_admissions(clock: FakeClock) -> None:

@@ -7,6 +7,7 @@ import enum
 import json
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from worker.report import (
     TargetSummary,
     TaskRecord,
     build_report,
+    check_writable,
     load_report,
     report_schema,
     utc_iso,
@@ -333,6 +335,7 @@ def test_task_entry_shape() -> None:
             "error_msg": "task is running",
             "request_id": "req-7",
         },
+        "stopped_at": None,
     }
     assert tasks[8]["start_time"] is None
 
@@ -559,3 +562,52 @@ def test_changed_outcome_is_counted_and_valid(validator: jsonschema.Draft202012V
     # The count is required like every outcome's: a report without it is not this schema's.
     del report["summary"]["changed"]
     assert not validator.is_valid(report)
+
+
+def test_writability_probe_leaves_nothing_behind(tmp_path: Path) -> None:
+    """check_writable creates and removes its probe; the report itself is not created."""
+    check_writable(tmp_path / "report.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writability_probe_refuses_a_directory_and_procfs(tmp_path: Path) -> None:
+    """A directory at the path, or a filesystem taking no new files (even for root), fails."""
+    with pytest.raises(IsADirectoryError):
+        check_writable(tmp_path)
+    with pytest.raises(OSError, match=r"No such file|Permission denied"):
+        check_writable(Path("/proc/self/report.json"))
+
+
+def test_two_targets_with_one_project_id_still_make_a_report() -> None:
+    """Records grouped per target: one project twice is reported, each block its own counts."""
+    record = TaskRecord(
+        id=1,
+        name="t",
+        project_id=PROJECT_A,
+        status="succeeded",
+        start_time=None,
+        outcome=Outcome.DELETED,
+        attempts=1,
+    )
+    again = replace(record, outcome=Outcome.ALREADY_GONE)
+    targets = [
+        TargetSummary(label=label, project_id=PROJECT_A, region=None, endpoint="e", listed=1)
+        for label in ("first", "second")
+    ]
+    report = build_report(
+        run_id="r",
+        started_at=datetime(2026, 11, 27, tzinfo=UTC),
+        finished_at=datetime(2026, 11, 27, tzinfo=UTC),
+        dry_run=False,
+        exit_code=0,
+        interrupted=None,
+        settings={},
+        targets=targets,
+        records=[record, again],
+        records_by_target=[[record], [again]],
+    )
+    jsonschema.validate(report, report_schema())
+    first, second = report["summary"]["targets"]
+    assert (first["deleted"], first["already_gone"]) == (1, 0)
+    assert (second["deleted"], second["already_gone"]) == (0, 1)
+    assert report["summary"]["selected"] == 2

@@ -34,7 +34,7 @@ from worker.simulator.config import (
     DEFAULT_SECRET_KEY,
     TimingConfig,
 )
-from worker.simulator.faults import FaultConfig
+from worker.simulator.faults import FaultConfig, Malformation
 from worker.simulator.population import PopulationConfig
 from worker.simulator.server import SimulatorHandle
 from worker.simulator.state import PAUSED, PAUSING, SUCCEEDED
@@ -571,7 +571,16 @@ async def test_expired_token_mid_run_stops_deleting(
 @pytest.mark.parametrize(
     ("overrides", "project_id", "error_code"),
     [
-        ({"faults": FaultConfig(malformed_rate=1.0)}, DEFAULT_PROJECT_ID, None),
+        (
+            {
+                "faults": FaultConfig(
+                    malformed_rate=1.0,
+                    malformations=(Malformation.TRUNCATED_JSON, Malformation.HTML_200),
+                )
+            },
+            DEFAULT_PROJECT_ID,
+            None,
+        ),
         ({}, SECOND_PROJECT, "OMS.0206"),
     ],
     ids=["malformed-listing", "project-not-permitted"],
@@ -584,7 +593,7 @@ async def test_listing_that_cannot_complete_is_fatal(
     project_id: str,
     error_code: str | None,
 ) -> None:
-    """A listing that fails (broken answers, 403) aborts with exit 4 before any delete."""
+    """A listing that fails (broken answers after every retry, 403): exit 4 before any delete."""
     sim = await make_simulator(tasks_per_project=30, **overrides)
 
     run = await run_against(

@@ -86,7 +86,7 @@ async def _run(
         deadline=deadline,
         rng=random.Random(7),
     )
-    timer = loop.call_at(deadline, shutdown.request, "deadline")  # the runner's job in real runs
+    timer = loop.call_at(deadline, shutdown.on_deadline)  # the runner's job in real runs
     await scheduler.run()
     timer.cancel()
     return scheduler, shutdown
@@ -142,7 +142,7 @@ async def test_deadline_stops_new_requests() -> None:
     jobs = _jobs(100)
     _, shutdown = await _run(api, jobs, deadline_in=0.12, concurrency=2)
     outcomes = Counter(j.outcome for j in jobs)
-    assert shutdown.reason == "deadline"
+    assert shutdown.deadline_reached
     assert outcomes[Outcome.DELETED] == len(api.deleted) > 0
     assert outcomes[Outcome.NOT_ATTEMPTED] == 100 - len(api.deleted)
 
@@ -164,8 +164,9 @@ async def test_auth_failure_stops_the_run() -> None:
     """AuthFailed is fatal: nothing more is sent and the rest is not attempted."""
     api = FakeApi({1: [AuthFailed]})
     jobs = _jobs(20)
-    scheduler, shutdown = await _run(api, jobs, concurrency=1)
-    assert isinstance(scheduler.fatal, AuthFailed)
+    _, shutdown = await _run(api, jobs, concurrency=1)
+    assert shutdown.fatal is not None
+    assert shutdown.fatal.error == AuthFailed(_info(1)).info
     assert shutdown.reason == "fatal"
     assert api.deleted == []
     assert Counter(j.outcome for j in jobs) == {Outcome.FAILED: 1, Outcome.NOT_ATTEMPTED: 19}
@@ -190,7 +191,7 @@ async def test_signal_drains_queue_and_lets_in_flight_finish() -> None:
     outcomes = Counter(j.outcome for j in jobs)
     assert outcomes[Outcome.DELETED] == len(api.deleted) == 4
     assert outcomes[Outcome.NOT_ATTEMPTED] == 36
-    assert shutdown.signal_exit_code == 143
+    assert shutdown.signal == "SIGTERM"
 
 
 async def test_second_signal_cancels_in_flight() -> None:

@@ -258,7 +258,7 @@ async def _run(population: Population) -> Ran:
         hooks=Hooks(on_finish=lambda job: finishes.update([job.task.id])),
     )
     # The runner arms the deadline; the scheduler only reads it.
-    timer = loop.call_at(deadline, shutdown.request, "deadline")
+    timer = loop.call_at(deadline, shutdown.on_deadline)
     try:
         await asyncio.wait_for(scheduler.run(), timeout=20)
     finally:
@@ -340,7 +340,8 @@ def test_every_job_one_consistent_outcome(population: Population) -> None:
     assert sum(outcomes.values()) == len(ran.jobs)
     if api.stop_event is not None and any(c.answer == "fatal" for c in api.calls):
         assert ran.shutdown.reason in {FATAL, "SIGTERM", "deadline"}
-        assert isinstance(ran.scheduler.fatal, FATAL_ERRORS)
+        assert ran.shutdown.fatal is not None
+        assert ran.shutdown.fatal.error is not None
 
 
 # ------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def problems(error: pytest.ExceptionInfo[ConfigError]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------
-# Precedence: flag > environment > file > default
+# Precedence: flag > environment > file > default (protections accumulate instead, below)
 
 PRECEDENCE_TABLE = [
     # (field, flag, env, file (TOML value), expected attribute value)
@@ -70,10 +70,9 @@ PRECEDENCE_TABLE = [
     ("execute", None, "true", "false", True),
     ("execute", None, None, "true", True),
     ("execute", None, None, None, False),
-    ("protect_ids", ["9"], "7,8", "[1]", frozenset({9})),
-    ("protect_ids", None, "7, 8", "[1]", frozenset({7, 8})),
-    ("protect_ids", None, None, "[1, 2]", frozenset({1, 2})),
-    ("name_exclude", None, "a*,b*", '["c*"]', ("a*", "b*")),
+    ("name_include", ["n*"], "a*,b*", '["c*"]', ("n*",)),
+    ("name_include", None, "a*,b*", '["c*"]', ("a*", "b*")),
+    ("name_include", None, None, '["c*"]', ("c*",)),
     ("max_deletions", "10%", "5", "3", MaxDeletions(percent=10)),
     ("max_deletions", None, "5", "3", MaxDeletions(count=5)),
     ("max_deletions", None, None, "3", MaxDeletions(count=3)),
@@ -107,6 +106,81 @@ def test_precedence(
     environ = {f"OMS_CLEANUP_{field.upper()}": env} if env is not None else {}
     settings = load_settings(flags, config_file=config, environ=environ)
     assert getattr(settings, field) == expected
+
+
+ACCUMULATION_TABLE = [
+    # (field, flag, env, file (TOML value), expected value, expected origins by value)
+    (
+        "protect_ids",
+        ["9"],
+        "7,8",
+        "[1]",
+        frozenset({1, 7, 8, 9}),
+        {1: ("file",), 7: ("environment",), 8: ("environment",), 9: ("flags",)},
+    ),
+    (
+        "protect_ids",
+        ["7"],
+        "7, 8",
+        "[7, 1]",
+        frozenset({1, 7, 8}),
+        {1: ("file",), 7: ("file", "environment", "flags"), 8: ("environment",)},
+    ),
+    ("protect_ids", None, None, "[1, 2]", frozenset({1, 2}), {1: ("file",), 2: ("file",)}),
+    ("protect_ids", None, None, "[]", frozenset(), {}),
+    ("protect_ids", ["3"], None, None, frozenset({3}), {3: ("flags",)}),
+    (
+        "name_exclude",
+        ["n*"],
+        "a*,b*",
+        '["c*", "a*"]',
+        ("c*", "a*", "b*", "n*"),
+        {"c*": ("file",), "a*": ("file", "environment"), "b*": ("environment",), "n*": ("flags",)},
+    ),
+    ("name_exclude", None, None, None, (), {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "flag", "env", "file", "expected", "origins"), ACCUMULATION_TABLE
+)
+def test_protections_accumulate(
+    tmp_path: Path,
+    field: str,
+    flag: Any,
+    env: str | None,
+    file: str | None,
+    expected: Any,
+    origins: dict[Any, tuple[str, ...]],
+) -> None:
+    """Protections are the union of every layer's, and each value names the layers it came from."""
+    config = write(tmp_path / "c.toml", f"{field} = {file}\n" if file is not None else "")
+    flags = {**TARGET, field: flag}
+    environ = {f"OMS_CLEANUP_{field.upper()}": env} if env is not None else {}
+    settings = load_settings(flags, config_file=config, environ=environ)
+    assert getattr(settings, field) == expected
+    assert dict(settings.protection_origins[field]) == origins
+
+
+def test_validate_shows_each_protection_with_its_layers(tmp_path: Path) -> None:
+    """masked_settings lists every protection with the layers that gave it, lowest first."""
+    config = write(tmp_path / "c.toml", 'protect_ids = [5, 6]\nname_exclude = ["*-keep"]\n')
+    settings = load_settings(
+        {**TARGET, "protect_ids": ["6", "8"], "name_exclude": ["prod-*"]},
+        config_file=config,
+        environ={"OMS_CLEANUP_PROTECT_IDS": "5"},
+    )
+    shown = masked_settings(settings)
+    assert shown["protect_ids"] == [
+        {"id": 5, "from": ["file", "environment"]},
+        {"id": 6, "from": ["file", "flags"]},
+        {"id": 8, "from": ["flags"]},
+    ]
+    assert shown["name_exclude"] == [
+        {"pattern": "*-keep", "from": ["file"]},
+        {"pattern": "prod-*", "from": ["flags"]},
+    ]
+    assert shown["dropped_targets"] == []
 
 
 TARGET_TABLE = [
@@ -172,8 +246,14 @@ TARGET_TABLE = [
     (
         {},
         {"OMS_CLEANUP_REGION": "me-east-1", "OMS_CLEANUP_PROJECT_ID": "env"},
-        '[[targets]]\nregion = "cn-north-4"\nproject_id = "a"\n',
+        'region = "cn-north-4"\nproject_id = "a"\n',
         (Target(region="me-east-1", project_id="env"),),
+    ),
+    (
+        {"endpoint": "https://oms.example.com"},
+        {"HUAWEICLOUD_SDK_PROJECT_ID": "sdk"},
+        "",
+        (Target(endpoint="https://oms.example.com", project_id="sdk"),),
     ),
 ]
 
@@ -190,6 +270,39 @@ def test_targets(
     config = write(tmp_path / "c.toml", file)
     settings = load_settings({"older_than": "1d", **flags}, config_file=config, environ=environ)
     assert settings.targets == expected
+
+
+TWO_TARGETS = (
+    '[[targets]]\nregion = "cn-north-4"\nproject_id = "a"\n'
+    '[[targets]]\nendpoint = "https://oms.example.com"\nproject_id = "c"\n'
+)
+
+
+def test_flags_replacing_the_files_targets_keep_the_dropped_ones(tmp_path: Path) -> None:
+    """Flags may replace the file's targets; the dropped ones stay known for the warning."""
+    config = write(tmp_path / "c.toml", TWO_TARGETS)
+    flags = {"older_than": "1d", "region": "la-south-2", "project_id": "b"}
+    settings = load_settings(flags, config_file=config, environ={})
+    assert settings.targets == (Target(region="la-south-2", project_id="b"),)
+    assert settings.dropped_targets == (
+        Target(region="cn-north-4", project_id="a"),
+        Target(endpoint="https://oms.example.com", project_id="c"),
+    )
+    assert masked_settings(settings)["dropped_targets"] == [
+        {"project_id": "a", "region": "cn-north-4", "endpoint": None},
+        {"project_id": "c", "region": None, "endpoint": "https://oms.example.com"},
+    ]
+
+
+def test_the_files_own_targets_drop_nothing(tmp_path: Path) -> None:
+    """Targets from the file alone, or one flat target, replace nothing."""
+    config = write(tmp_path / "c.toml", TWO_TARGETS)
+    environ = {"HUAWEICLOUD_SDK_PROJECT_ID": "sdk"}
+    assert (
+        load_settings({"older_than": "1d"}, config_file=config, environ=environ).dropped_targets
+        == ()
+    )
+    assert load_settings(TARGET, environ={}).dropped_targets == ()
 
 
 def test_config_file_from_environment(tmp_path: Path) -> None:
@@ -327,6 +440,47 @@ BAD_TABLE = [
     ({"started_before": "yesterday"}, {}, None, "--started-before: expected an ISO 8601"),
     ({"states": ""}, {}, None, "--states: name at least one state"),
     ({"states": " , "}, {}, None, "--states: name at least one state"),
+    ({}, {"OMS_CLEANUP_STATES": ","}, None, "--states (OMS_CLEANUP_STATES): name at least one"),
+    # A list that names nothing is a mistake in any layer, never a way to empty a list.
+    (
+        {},
+        {"OMS_CLEANUP_NAME_EXCLUDE": ","},
+        None,
+        "--name-exclude (OMS_CLEANUP_NAME_EXCLUDE): name",
+    ),
+    ({}, {"OMS_CLEANUP_PROTECT_IDS": " , "}, None, "--protect-id (OMS_CLEANUP_PROTECT_IDS): name"),
+    ({}, {"OMS_CLEANUP_NAME_INCLUDE": " , "}, None, "--name-include (OMS_CLEANUP_NAME_INCLUDE): "),
+    ({}, {}, 'name_exclude = ","', "--name-exclude (config file"),
+    ({}, {}, 'name_include = " , "', "--name-include (config file"),
+    ({}, {}, 'protect_ids = ","', "--protect-id (config file"),
+    (
+        {},
+        {"OMS_CLEANUP_PROTECT_IDS": "x"},
+        None,
+        "--protect-id (OMS_CLEANUP_PROTECT_IDS): expected",
+    ),
+    ({}, {}, "protect_ids = [1, true]", "--protect-id (config file"),
+    # Booleans are not numbers, numbers are not booleans, fractions are not whole numbers.
+    ({}, {}, "max_attempts = true", "--max-attempts (config file 'c.toml'): expected a whole"),
+    ({}, {}, "concurrency = false", "--concurrency (config file 'c.toml'): expected a whole"),
+    ({}, {}, "concurrency = 2.0", "--concurrency (config file 'c.toml'): expected a whole"),
+    ({}, {}, "shard_count = true", "--shard-count (config file 'c.toml'): expected a whole"),
+    ({}, {}, "rate = true", "--rate (config file 'c.toml'): expected a number (got true)"),
+    ({}, {}, "max_deletions = true", "--max-deletions (config file 'c.toml'): expected a number"),
+    ({}, {}, "max_deletions = 2.5", "--max-deletions (config file 'c.toml'): expected a number"),
+    ({}, {}, "execute = 1", "--execute (config file 'c.toml'): expected true or false (got 1)"),
+    ({}, {}, "stop_running = 0", "--stop-running (config file 'c.toml'): expected true or"),
+    ({}, {}, "requeue_delay = true", "--requeue-delay (config file 'c.toml'): expected a dur"),
+    ({}, {}, "request_timeout = true", "--request-timeout (config file 'c.toml'): expected"),
+    ({}, {"OMS_CLEANUP_MAX_ATTEMPTS": "true"}, None, "--max-attempts (OMS_CLEANUP_MAX_ATTEMPTS)"),
+    # Durations beyond what anything here means (and beyond what timedelta holds).
+    ({"older_than": "99999999999w"}, {}, None, "--older-than: duration '99999999999w' is too"),
+    ({"deadline": "99999999999w"}, {}, None, "--deadline: duration '99999999999w' is too long"),
+    ({"requeue_delay": "99999999999w"}, {}, None, "--requeue-delay: duration '99999999999w'"),
+    ({"shutdown_grace": "99999999999w"}, {}, None, "--shutdown-grace: duration '99999999999w'"),
+    ({"connect_timeout": "99999999999w"}, {}, None, "--connect-timeout: duration"),
+    ({}, {}, 'deadline = "1000000000d"', "--deadline (config file 'c.toml'): duration"),
+    ({}, {"OMS_CLEANUP_DEADLINE": "1000000000d"}, None, "--deadline (OMS_CLEANUP_DEADLINE): "),
     ({"states": "done"}, {}, None, "--states: unknown task state 'done'"),
     ({"states": "unknown"}, {}, None, "--states: 'unknown' is not a selectable task state"),
     ({"states": "succeeded,migrating"}, {}, None, "--states: migrating is an active state"),
@@ -386,6 +540,32 @@ BAD_TABLE = [
     ({}, {"JOB_COMPLETION_INDEX": "x"}, None, "--shard-index (JOB_COMPLETION_INDEX): Input"),
     ({}, {"OMS_CLEANUP_SHARD_INDEX": "3"}, "shard_count = 3", "(OMS_CLEANUP_SHARD_INDEX): must"),
     ({}, {}, "shard_index = 1", "shard_index cannot be set in a file every shard reads"),
+    # Targets come from one place: the file's [[targets]], or flags that replace them.
+    (
+        {"region": None, "project_id": None},
+        {"OMS_CLEANUP_ENDPOINT": "https://oms.example.com"},
+        TWO_TARGETS,
+        "OMS_CLEANUP_ENDPOINT: the targets come from the [[targets]] of config file 'c.toml'",
+    ),
+    (
+        {},
+        {"OMS_CLEANUP_REGION": "me-east-1", "OMS_CLEANUP_PROJECT_ID": "env"},
+        TWO_TARGETS,
+        "OMS_CLEANUP_REGION, OMS_CLEANUP_PROJECT_ID: the targets come from the [[targets]]",
+    ),
+    (
+        {"region": None, "project_id": None},
+        {"OMS_CLEANUP_PROJECT_ID": "env"},
+        TWO_TARGETS,
+        "OMS_CLEANUP_PROJECT_ID: the targets come from",
+    ),
+    # The SDK's project id does not complete a flag's target that replaces the file's.
+    (
+        {"project_id": None},
+        {"HUAWEICLOUD_SDK_PROJECT_ID": "sdk"},
+        TWO_TARGETS,
+        "--project-id: Field required",
+    ),
     ({"pushgateway": "pushgateway:9091"}, {}, None, "--pushgateway: expected an http(s) URL"),
     ({"pushgateway": "ftp://h:21"}, {}, None, "--pushgateway: expected an http(s) URL"),
     ({"pushgateway": "http://"}, {}, None, "--pushgateway: expected an http(s) URL"),
@@ -411,8 +591,55 @@ def test_bad_input(
         load_settings({**TARGET, **flags}, config_file=config, environ=environ)
     lines = problems(error)
     assert len(lines) == 1, lines
-    assert expected in lines[0]
+    # 'c.toml' in a row stands for the file's full path, as the problem names it.
+    assert expected.replace("'c.toml'", repr(str(config))) in lines[0]
     assert "\n" not in lines[0]
+
+
+DUPLICATE_TABLE = [
+    # (the [[targets]] (location key, value, project id), the problem's end)
+    (
+        [("region", "cn-north-4", "a"), ("region", "cn-north-4", "a")],
+        "targets[1].project_id: project a is already targets[0] (cn-north-4)",
+    ),
+    (
+        [("endpoint", "http://localhost:8080", "a"), ("endpoint", "http://127.0.0.1:8080", "a")],
+        "targets[1].project_id: project a is already targets[0] (http://localhost:8080)",
+    ),
+    (
+        [
+            ("region", "cn-north-4", "a"),
+            ("region", "af-south-1", "b"),
+            ("endpoint", "https://oms.cn-north-4.myhuaweicloud.com", "a"),
+        ],
+        "targets[2].project_id: project a is already targets[0] (cn-north-4)",
+    ),
+    (
+        [
+            ("endpoint", "https://one.example.com", "a"),
+            ("endpoint", "https://two.example.com", "a"),
+        ],
+        "targets[1].project_id: project a is already targets[0] (https://one.example.com)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("targets", "expected"), DUPLICATE_TABLE)
+@pytest.mark.parametrize("shard_index", ["0", "1"])
+def test_duplicate_project_ids_are_refused(
+    tmp_path: Path, targets: list[tuple[str, str, str]], expected: str, shard_index: str
+) -> None:
+    """One project id twice in the whole target list is refused, by every shard alike."""
+    text = "older_than = '1d'\nshard_count = 2\n" + "".join(
+        f'[[targets]]\n{key} = "{value}"\nproject_id = "{project}"\n'
+        for key, value, project in targets
+    )
+    config = write(tmp_path / "c.toml", text)
+    with pytest.raises(ConfigError) as error:
+        load_settings({}, config_file=config, environ={"JOB_COMPLETION_INDEX": shard_index})
+    lines = problems(error)
+    assert len(lines) == 1, lines
+    assert lines[0] == f"config file {str(config)!r}: {expected}; list each project once"
 
 
 def test_allow_insecure_http() -> None:
@@ -593,7 +820,7 @@ def test_masked_settings(credentials: AkSk | IamToken, mode: str) -> None:
     shown = masked_settings(settings, credentials=credentials)
     text = json.dumps(shown)
     assert shown["auth_mode"] == mode
-    assert shown["protect_ids"] == [1, 3]
+    assert shown["protect_ids"] == [{"id": 1, "from": ["flags"]}, {"id": 3, "from": ["flags"]}]
     assert shown["older_than"] == "30d"
     assert SK not in text
     assert TOKEN not in text

@@ -25,18 +25,19 @@ def test_first_signal_is_graceful_second_is_immediate() -> None:
     shutdown = Shutdown()
     shutdown.on_signal("SIGTERM")
     assert (shutdown.is_requested, shutdown.immediate.is_set()) == (True, False)
-    assert shutdown.signal_exit_code == 143
+    assert shutdown.signal == "SIGTERM"
     shutdown.on_signal("SIGINT")
     assert shutdown.immediate.is_set()
-    assert shutdown.signal_exit_code == 130
+    assert shutdown.signal == "SIGINT"
 
 
 def test_deadline_then_signal_reports_the_signal() -> None:
-    """A signal after the deadline still decides the exit code, without being 'immediate'."""
+    """A signal after the deadline is recorded beside it, without being 'immediate'."""
     shutdown = Shutdown()
-    shutdown.request("deadline")
+    shutdown.on_deadline()
     shutdown.on_signal("SIGTERM")
     assert shutdown.signal == "SIGTERM"
+    assert shutdown.deadline_reached
     assert not shutdown.immediate.is_set()
 
 

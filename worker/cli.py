@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TextIO
 
 from worker import __version__
 from worker.credentials import load_credentials
-from worker.exit_codes import EXIT_OK, EXIT_USAGE
+from worker.exit_codes import EXIT_OK, EXIT_TASKS_LEFT, EXIT_USAGE
 from worker.oms.auth import AkSk, Credentials
 from worker.settings import (
     ConfigError,
@@ -186,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="combine the reports of disjoint runs (e.g. shards) into one report",
         description="Combine reports of disjoint targets (the shards of one run) into one: "
         "summaries recomputed, the most severe exit code, every input's run id listed. "
-        "Exit 0 when written, 2 when an input is unusable.",
+        "Every input is checked (schema, counts) and all must share one policy, dry-run flag "
+        "and shard count. Exit 0 when written, 1 when written with shards missing, 2 when an "
+        "input is unusable (nothing written).",
     )
     merge.add_argument("output", type=Path, metavar="OUT", help="the merged report to write")
     merge.add_argument(
@@ -264,7 +266,7 @@ def _run(args: argparse.Namespace, *, stdin: TextIO, stdout: TextIO, stderr: Tex
     return runner.run(settings=settings, credentials=credentials, confirm=confirm)
 
 
-def _merge_reports(args: argparse.Namespace, *, stdout: TextIO) -> int:
+def _merge_reports(args: argparse.Namespace, *, stdout: TextIO, stderr: TextIO) -> int:
     from worker.merge import MergeError, merge_report_files
 
     try:
@@ -275,6 +277,16 @@ def _merge_reports(args: argparse.Namespace, *, stdout: TextIO) -> int:
         f"merged {len(args.inputs)} reports ({len(merged['tasks'])} tasks, exit code "
         f"{merged['exit_code']}) into {args.output}\n"
     )
+    missing = merged["missing_shards"]
+    if missing:
+        # Written, but incomplete: the missing shards' targets may have work left.
+        count = merged["settings"]["shard_count"]
+        stderr.write(
+            f"{PROG}: warning: merge-reports: no report for shard(s) "
+            f"{', '.join(map(str, missing))} of {count}: their targets are not in "
+            f"{args.output}\n"
+        )
+        return EXIT_TASKS_LEFT
     return EXIT_OK
 
 
@@ -318,7 +330,7 @@ def run_cli(
         if args.command == "run":
             return _run(args, stdin=stdin, stdout=stdout, stderr=stderr)
         if args.command == "merge-reports":
-            return _merge_reports(args, stdout=stdout)
+            return _merge_reports(args, stdout=stdout, stderr=stderr)
         return _demo()
     except UsageError as exc:
         stderr.write(f"{PROG}: error: {exc}\n")

@@ -41,6 +41,7 @@ from worker.oms.models import ACTIVE_STATES, Task, TaskPage, TaskStatus
 from worker.outcomes import Outcome
 from worker.policy import Policy, SkipReason, select
 from worker.scheduler import Job
+from worker.stopping import tracking_sends
 
 log = structlog.get_logger("oms_cleanup.freshness")
 
@@ -244,8 +245,16 @@ class Refresher:
         self.relists += 1
         pending = {job.task.id: job for job in self._jobs if job.outcome is None}
         attempts = {job.task.id: job.attempts for job in pending.values()}
-        shown = 0
         now = self._now()
+        # Its own mark (the task runs in a copy of one worker's context): its requests are not
+        # that worker's delete, whose report depends on whether the delete left.
+        with tracking_sends():
+            await self._relist_pages(pending, attempts, started=started, now=now)
+        log.info("tasks_relisted", shown=len(attempts) - len(pending), not_shown=len(pending))
+
+    async def _relist_pages(
+        self, pending: dict[int, Job], attempts: dict[int, int], *, started: float, now: datetime
+    ) -> None:
         try:
             for state in self._states or (None,):
                 async for page in self._source.iter_pages(
@@ -255,21 +264,20 @@ class Refresher:
                         job = pending.pop(task.id, None)
                         if job is not None:
                             self._update(job, task, at=started, attempts=attempts[task.id], now=now)
-                            shown += 1
         except OmsError as error:
             # Whatever the re-list did not show falls back to a GET (which meets the error too
             # if it persists: the scheduler decides what it means).
             log.warning("relist_failed", error_code=error.error_code, http_status=error.http_status)
         finally:
             self._relist = None
-            log.info("tasks_relisted", shown=shown, not_shown=len(pending))
 
     async def _get(self, job: Job) -> None:
         started = self._clock()
         attempts = job.attempts
         self.gets += 1
         try:
-            task = await self._source.show_task(job.task.id)
+            with tracking_sends():  # a read, not the job's delete (see _run_relist)
+                task = await self._source.show_task(job.task.id)
         except TaskNotFound:
             job.judged_at = started
             self._judged[job] = _Judged(attempts=attempts, verdict=Outcome.ALREADY_GONE)
@@ -278,6 +286,7 @@ class Refresher:
 
     def _update(self, job: Job, task: Task, *, at: float, attempts: int, now: datetime) -> None:
         job.task = task
+        job.seen_status = task.status  # the state last seen is what was just read
         job.judged_at = at
         verdict = rejudge(task, policy=self._policy, now=now, stopped_by_run=job.stop_sent)
         self._judged[job] = _Judged(attempts=attempts, verdict=verdict)

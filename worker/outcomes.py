@@ -37,9 +37,11 @@ class Outcome(enum.StrEnum):
     CHANGED = "changed"
 
 
-# Outcomes that leave nothing behind that the policy wants gone: a run whose every selected
-# task ended in one of these finished its work.
-DONE_OUTCOMES = frozenset({Outcome.DELETED, Outcome.ALREADY_GONE, Outcome.CHANGED})
+# Outcomes that leave nothing the policy wants gone: a run whose every task ends in one of
+# these (and that saw every task) exits 0. A `changed` task is no longer wanted gone.
+DONE_OUTCOMES: frozenset[Outcome] = frozenset(
+    {Outcome.DELETED, Outcome.ALREADY_GONE, Outcome.CHANGED}
+)
 
 
 @dataclass(frozen=True, slots=True)

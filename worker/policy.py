@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,20 @@ class SkipReason(enum.StrEnum):
     EXCLUDED_NAME = "excluded_name"
     NOT_INCLUDED = "not_included"
     OTHER_GROUP = "other_group"
+    # A task object that cannot be understood (see `models.MalformedTask`); never judged.
+    MALFORMED = "malformed"
+
+
+# OMS is younger than this: an earlier start_time is another unit (seconds read as
+# milliseconds land in January 1970) or garbage, not an age.
+EARLIEST_PLAUSIBLE_START = datetime(2015, 1, 1, tzinfo=UTC)
+# Clocks disagree a little; a start time further ahead of the run's clock than this is not one.
+FUTURE_TOLERANCE = timedelta(days=1)
+
+
+def plausible_start(start_time: datetime, *, now: datetime) -> bool:
+    """Whether `start_time` can be a real task's start, judged at `now`."""
+    return EARLIEST_PLAUSIBLE_START <= start_time <= now + FUTURE_TOLERANCE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,8 +103,8 @@ def select(task: Task, *, policy: Policy, now: datetime) -> SkipReason | None:
         return SkipReason.ACTIVE_STATE if status in ACTIVE_STATES else SkipReason.STATE
     if status in ACTIVE_STATES and not policy.stop_running:
         return SkipReason.ACTIVE_STATE  # unreachable through a valid Policy; kept as a lock
-    if task.start_time is None:
-        # No start time, no age: the task cannot be shown to be old enough.
+    if task.start_time is None or not plausible_start(task.start_time, now=now):
+        # No believable start time, no age: the task cannot be shown to be old enough.
         return SkipReason.AGE_UNKNOWN
     if policy.older_than is not None and now - task.start_time < policy.older_than:
         return SkipReason.TOO_YOUNG

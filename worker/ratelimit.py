@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from asyncio_throttle.throttler import Throttler
 
-from worker.oms.errors import Throttled
+from worker.oms.errors import MAX_RETRY_AFTER, Throttled
 
 # Requests are paced as if each second were this much longer: at exactly the rate, a server
 # counting the same requests on its own clock would see a full second whenever one request
@@ -256,7 +256,9 @@ class AdaptiveRateLimiter:
 
     def _pause(self, error: Throttled, now: float) -> None:
         if error.retry_after:
-            self._paused_until = max(self._paused_until, now + error.retry_after)
+            # The client's cap, again: a Throttled built elsewhere must not freeze the target.
+            pause = min(error.retry_after, MAX_RETRY_AFTER)
+            self._paused_until = max(self._paused_until, now + pause)
 
     def _cut(self, rate: float, now: float) -> None:
         self._floor_rate = max(self._backoff.min_rate, min(rate, self.configured_rate))

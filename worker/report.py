@@ -27,6 +27,7 @@ from typing import Any
 from worker import __version__
 from worker.logs import REDACTED, is_secret_key
 from worker.oms.errors import ErrorInfo
+from worker.oms.models import MalformedTask
 from worker.outcomes import Outcome
 
 SCHEMA_VERSION = 1
@@ -49,6 +50,8 @@ class TaskRecord:
     outcome: Outcome
     attempts: int
     last_error: ErrorInfo | None = None
+    # When this run paused the task (--stop-running), None when it did not.
+    stopped_at: datetime | None = None
 
     def as_report(self) -> dict[str, Any]:
         """The task's entry in the report's `tasks` array."""
@@ -61,6 +64,7 @@ class TaskRecord:
             "outcome": self.outcome.value,
             "attempts": self.attempts,
             "last_error": None if self.last_error is None else self.last_error.as_report(),
+            "stopped_at": None if self.stopped_at is None else utc_iso(self.stopped_at),
         }
 
 
@@ -69,8 +73,11 @@ class TargetSummary:
     """What the run knows about one target besides its task records.
 
     `requests` is the client's requests sent by kind; `error` is what stopped work on the
-    target early (a 403 while listing, say), None when nothing did. `offset_cap` is set only
-    when the API's offset cap cut a listing short.
+    target early (a 403 while listing or deleting, say), None when nothing did. `offset_cap`
+    is set only when the API's offset cap cut a listing short. `listing` says how far the
+    listing got (`complete`, `stopped` by the run's stop, `failed`, `not_started`): tasks of
+    a listing that did not complete were never judged, so they are in no count.
+    `max_deletions` is the cap check that applied here, None without the option.
     """
 
     label: str
@@ -82,6 +89,66 @@ class TargetSummary:
     requests: Mapping[str, int] = field(default_factory=dict)
     error: ErrorInfo | None = None
     offset_cap: OffsetCap | None = None
+    listing: str = "complete"
+    max_deletions: CapCheck | None = None
+    # Task entries OMS sent that could not be read (at most MALFORMED_SHOWN of them).
+    malformed: Sequence[MalformedTask] = ()
+    unproven_listing: UnprovenListing | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CapCheck:
+    """`--max-deletions` as it applied to one target.
+
+    `applies_to` is "target" for a percentage (of this target's own listing, `base` tasks)
+    or "run" for an absolute count (of the run's total: `base` is every target's tasks).
+    """
+
+    cap: str
+    applies_to: str
+    base: int
+    limit: int
+    exceeded: bool = False
+
+    def as_report(self) -> dict[str, Any]:
+        """The target's `max_deletions` block."""
+        return {
+            "cap": self.cap,
+            "applies_to": self.applies_to,
+            "base": self.base,
+            "limit": self.limit,
+            "exceeded": self.exceeded,
+        }
+
+
+# A report lists this many malformed entries per target at most; `not_selected.malformed`
+# counts them all.
+MALFORMED_SHOWN = 100
+
+
+@dataclass(frozen=True, slots=True)
+class UnprovenListing:
+    """A target listing whose pages disagreed with the counts OMS reported, on every read.
+
+    `complete` says the last pass's listing was shown complete after all; otherwise up to
+    `may_be_unseen` tasks may have been missed (neither judged nor deleted).
+    """
+
+    passes: int
+    complete: bool
+    may_be_unseen: int
+    reads: int
+    note: str
+
+    def as_report(self) -> dict[str, Any]:
+        """The target's `unproven_listing` block."""
+        return {
+            "passes": self.passes,
+            "complete": self.complete,
+            "may_be_unseen": self.may_be_unseen,
+            "reads": self.reads,
+            "note": self.note,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,16 +254,42 @@ def build_report(
     targets: Sequence[TargetSummary],
     records: Iterable[TaskRecord],
     deadline_reached: bool = False,
+    records_by_target: Sequence[Sequence[TaskRecord]] | None = None,
 ) -> dict[str, Any]:
     """The report as a JSON-ready dict; tasks sorted by (project_id, id).
 
     `interrupted` is the signal that stopped the run (e.g. "SIGTERM"), None otherwise; running
     out of time is not an interruption and is told by `deadline_reached`.
 
-    Raises ValueError for inputs that would make the report lie: a record whose project is no
-    target's, two targets with one project id, or two records for one task.
+    A run passes `records_by_target` (each target's own records, in `targets` order): then
+    whatever the targets are (one project twice included), each block counts its own
+    records and nothing is refused: a report is written whatever happened. Without it the
+    records are matched to targets by project id, and ValueError is raised for inputs that
+    would make the report lie: a record whose project is no target's, two targets with one
+    project id, or two records for one task.
     """
     started_text, finished_text = utc_iso(started_at), utc_iso(finished_at)
+    if records_by_target is not None:
+        if len(records_by_target) != len(targets):
+            raise ValueError("records_by_target needs one list of records per target")
+        own = [list(bucket) for bucket in records_by_target]
+        every = sorted(
+            (record for bucket in own for record in bucket),
+            key=lambda r: (r.project_id, r.id),
+        )
+        return _assemble(
+            run_id=run_id,
+            started_text=started_text,
+            finished_text=finished_text,
+            duration=(finished_at - started_at).total_seconds(),
+            dry_run=dry_run,
+            exit_code=exit_code,
+            interrupted=interrupted,
+            settings=settings,
+            targets=list(zip(targets, own, strict=True)),
+            ordered=every,
+            deadline_reached=deadline_reached,
+        )
     by_project: dict[str, list[TaskRecord]] = {}
     for target in targets:
         if target.project_id in by_project:
@@ -216,7 +309,35 @@ def build_report(
             if previous.id == current.id:
                 raise ValueError(f"two records for task {current.id} in {project_id!r}")
         ordered.extend(bucket)
+    return _assemble(
+        run_id=run_id,
+        started_text=started_text,
+        finished_text=finished_text,
+        duration=(finished_at - started_at).total_seconds(),
+        dry_run=dry_run,
+        exit_code=exit_code,
+        interrupted=interrupted,
+        settings=settings,
+        targets=[(t, by_project[t.project_id]) for t in targets],
+        ordered=ordered,
+        deadline_reached=deadline_reached,
+    )
 
+
+def _assemble(
+    *,
+    run_id: str,
+    started_text: str,
+    finished_text: str,
+    duration: float,
+    dry_run: bool,
+    exit_code: int,
+    interrupted: str | None,
+    settings: Mapping[str, Any],
+    targets: Sequence[tuple[TargetSummary, Sequence[TaskRecord]]],
+    ordered: Sequence[TaskRecord],
+    deadline_reached: bool,
+) -> dict[str, Any]:
     target_blocks = [
         {
             "label": t.label,
@@ -225,24 +346,36 @@ def build_report(
             "endpoint": t.endpoint,
             **_counts_block(
                 listed=t.listed,
-                records=by_project[t.project_id],
+                records=records,
                 not_selected=t.not_selected,
                 requests=t.requests,
             ),
             "error": None if t.error is None else t.error.as_report(),
+            "listing": t.listing,
+            "max_deletions": None if t.max_deletions is None else t.max_deletions.as_report(),
             **({} if t.offset_cap is None else {"offset_cap": t.offset_cap.as_report()}),
+            **(
+                {}
+                if t.unproven_listing is None
+                else {"unproven_listing": t.unproven_listing.as_report()}
+            ),
+            **(
+                {"malformed": [{"id": m.id, "problem": m.problem} for m in t.malformed]}
+                if t.malformed
+                else {}
+            ),
         }
-        for t in targets
+        for t, records in targets
     ]
     summary = {
         **_counts_block(
-            listed=sum(t.listed for t in targets),
+            listed=sum(t.listed for t, _ in targets),
             records=ordered,
-            not_selected=_sum_mappings(t.not_selected for t in targets),
-            requests=_sum_mappings(t.requests for t in targets),
+            not_selected=_sum_mappings(t.not_selected for t, _ in targets),
+            requests=_sum_mappings(t.requests for t, _ in targets),
         ),
         # A clock stepping back must not produce a negative duration.
-        "duration_seconds": max(0.0, (finished_at - started_at).total_seconds()),
+        "duration_seconds": max(0.0, duration),
         "deadline_reached": deadline_reached,
         "targets": target_blocks,
     }
@@ -292,6 +425,21 @@ def _file_mode() -> int:
     umask = os.umask(0o022)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def check_writable(path: Path) -> None:
+    """Prove the report can be written: create and remove a temporary file beside it.
+
+    Raises OSError (with a strerror) when it cannot: a missing or read-only directory, a
+    directory at `path` itself, a filesystem like /proc that takes no new files.
+    """
+    if path.is_dir():
+        raise IsADirectoryError(21, "it is a directory", str(path))
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+    try:
+        os.close(fd)
+    finally:
+        Path(temp_name).unlink(missing_ok=True)
 
 
 def write_report(path: Path, report: Mapping[str, Any]) -> None:

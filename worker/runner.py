@@ -1,12 +1,21 @@
-"""One cleanup run end to end: list every target, select, guard, delete, report, exit code.
+"""One cleanup run end to end: list each target, select, guard, delete, report, exit code.
 
-The order is the safety argument: every target is listed completely before anything is
-deleted (a listing that cannot complete aborts the run), the selection is checked against
-`--max-deletions` before the first delete, and nothing is deleted without `--execute`.
-The report is written on every path out of here, interruptions included.
+The order is the safety argument, per target: a target is listed completely before anything
+in it is deleted (a listing that cannot complete stops the run), its selection is checked
+against `--max-deletions` before its first delete, and nothing is deleted without
+`--execute`. Each target starts deleting as soon as its own listing is complete, except
+when the run needs every listing first: an interactive confirmation is asked once for the
+whole selection, and an absolute `--max-deletions` caps the run's total. A percentage cap
+is taken of each target's own listing, and a target over it deletes nothing while the
+others go on (exit 3). The report is written on every path out of here.
+
+How the run stops is recorded in one place, `Shutdown` (signal, deadline, a fatal answer);
+every send passes a `stopping.StopGate`, so after a stop nothing new leaves the process.
+How it ended is gathered once, at the end, into an `exit_codes.RunEnd`, and the pure
+`exit_codes.exit_code` picks the code.
 
 One exception to "completely": OMS may cap the listing offset (see `listing.is_offset_cap`).
-A capped listing holds a consistent window of tasks, each judged as usual. The run deletes
+A capped listing holds a consistent window of tasks, each judged as usual. The target deletes
 what that window selected, then lists again from offset 0: the deleted tasks are gone, so
 the window reaches further. Passes go on while a target's listing is capped and its last
 pass selected something new; a task met again is neither counted nor selected twice. Every
@@ -19,41 +28,44 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack, nullcontext
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any, TextIO
 
 import structlog
 
 from worker import logs, metrics
-from worker.exit_codes import EXIT_FATAL, EXIT_OK, EXIT_SAFETY_ABORT, EXIT_TASKS_LEFT
+from worker.exit_codes import EXIT_USAGE, RunEnd, exit_code
 from worker.freshness import Refresher
 from worker.listing import IncompleteListing, Listing, can_list_by_state, list_all, list_states
 from worker.oms.auth import Credentials
-from worker.oms.errors import OmsError
+from worker.oms.errors import ErrorInfo, OmsError
 from worker.outcomes import DONE_OUTCOMES, Outcome
 from worker.policy import Policy
 from worker.progress import Progress, ProgressLine
-from worker.report import TaskRecord, build_report, write_report
+from worker.report import (
+    CapCheck,
+    TaskRecord,
+    build_report,
+    check_writable,
+    write_report,
+)
 from worker.scheduler import Hooks, Job, Scheduler, SchedulerConfig
 from worker.settings import RunSettings, masked_settings
-from worker.shutdown import DEADLINE, Shutdown, route_process_signals, signals_handled
-from worker.target import TargetRun, open_target
+from worker.shutdown import FatalStop, Shutdown, route_process_signals, signals_handled
+from worker.stopping import Stopped, until_stopped
+from worker.target import ListingState, TargetRun, open_target
 
 log = structlog.get_logger("oms_cleanup.run")
 
+PROG = "oms-cleanup"
 
 Confirm = Callable[[int, Sequence[str]], bool]
-
-
-class _Abort(Exception):
-    """Ends the run before any delete, with an exit code and a one-line reason."""
-
-    def __init__(self, exit_code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.exit_code = exit_code
 
 
 def run(*, settings: RunSettings, credentials: Credentials, confirm: Confirm | None) -> int:
@@ -74,6 +86,7 @@ async def run_async(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     handle_signals: bool = True,
     rng: random.Random | None = None,
+    stderr: TextIO | None = None,
 ) -> int:
     """The run itself, for callers that already have a loop (the demo, tests).
 
@@ -85,193 +98,408 @@ async def run_async(
     # The signal handlers cover the report and metrics too: a SIGTERM while the report is
     # being written must not kill the process with the default action.
     with signals_handled(shutdown) if handle_signals else nullcontext():
-        return await _run(
+        return await _Run(
             settings=settings,
             credentials=credentials,
             confirm=confirm,
             shutdown=shutdown,
             now=now,
             rng=rng,
-        )
+            stderr=stderr or sys.stderr,
+        ).execute()
 
 
-async def _run(
-    *,
-    settings: RunSettings,
-    credentials: Credentials,
-    confirm: Confirm | None,
-    shutdown: Shutdown,
-    now: Callable[[], datetime],
-    rng: random.Random | None,
-) -> int:
-    run_id = uuid.uuid4().hex
-    started_at = now()
-    logs.bind_run(run_id)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.deadline.total_seconds()
-    dry_run = not settings.execute
-    progress = Progress()
-    line = ProgressLine(progress)
-    runs: list[TargetRun] = []
-    deadline_reached = False
-    exit_code = EXIT_FATAL
-    log.info(
-        "run_started",
-        dry_run=dry_run,
-        targets=[t.project_id for t in settings.targets],
-    )
-    try:
-        async with AsyncExitStack() as stack:
-            runs = [
-                await open_target(stack, target, settings=settings, credentials=credentials)
-                for target in settings.targets
-            ]
-            timer = loop.call_at(deadline, shutdown.request, DEADLINE)
-            stack.callback(timer.cancel)
-            stack.callback(line.close)
-            try:
-                await _list_and_select(
-                    runs,
-                    settings=settings,
-                    now=now(),
-                    shutdown=shutdown,
-                )
-                progress.listed = sum(r.listed for r in runs)
-                progress.selected = sum(len(r.jobs) for r in runs)
-                limit = _guard(runs, settings=settings)
-            except _Abort as abort:
-                log.error("run_aborted", reason=str(abort), exit_code=abort.exit_code)
-                exit_code = shutdown.signal_exit_code or abort.exit_code
-                return exit_code
-            if dry_run:
-                for job in (job for r in runs for job in r.jobs):
-                    job.outcome = Outcome.WOULD_DELETE
-                    _log_would_delete(job)
-                # More tasks exist than the preview judged: not a clean "that is everything".
-                exit_code = EXIT_TASKS_LEFT if _log_unreached(runs, dry_run=True) else EXIT_OK
-                return exit_code
-            exit_code = await _delete_in_passes(
-                runs,
-                settings=settings,
-                confirm=confirm,
-                shutdown=shutdown,
-                now=now,
-                limit=limit,
-                delete=lambda: _delete(
-                    runs,
-                    settings=settings,
-                    shutdown=shutdown,
-                    deadline=deadline,
-                    rng=rng,
-                    progress=progress,
-                    line=line,
-                    now=now,
-                ),
-                progress=progress,
+@dataclass(slots=True, kw_only=True)
+class _Run:
+    """One run's moving parts; `execute` is the whole run."""
+
+    settings: RunSettings
+    credentials: Credentials
+    confirm: Confirm | None
+    shutdown: Shutdown
+    now: Callable[[], datetime]
+    rng: random.Random | None
+    stderr: TextIO
+    runs: list[TargetRun] | None = None
+    # A --max-deletions cap was exceeded or the confirmation declined somewhere.
+    safety_abort: bool = False
+    # The deadline on the loop's clock.
+    deadline: float = 0.0
+
+    async def execute(self) -> int:
+        settings = self.settings
+        # Proved before the first request: a run must not delete and then lose its report.
+        try:
+            check_writable(settings.report)
+        except OSError as error:
+            reason = error.strerror or str(error)
+            log.error("report_unwritable", report=str(settings.report), error=reason)
+            self.stderr.write(
+                f"{PROG}: error: report {settings.report} cannot be written ({reason}); "
+                "nothing was sent\n"
             )
-            deadline_reached = shutdown.reason == DEADLINE
-            return exit_code
-    finally:
-        finished_at = now()
-        report = build_report(
-            run_id=run_id,
-            started_at=started_at,
-            finished_at=finished_at,
-            dry_run=dry_run,
-            exit_code=exit_code,
-            interrupted=shutdown.signal,
-            settings=_report_settings(settings, credentials=credentials, runs=runs),
-            targets=[r.summary(dry_run=dry_run) for r in runs],
-            records=[_record(job) for r in runs for job in r.jobs],
-            deadline_reached=deadline_reached,
+            return EXIT_USAGE
+        run_id = uuid.uuid4().hex
+        started_at = self.now()
+        logs.bind_run(run_id)
+        log.info(
+            "run_started",
+            dry_run=not settings.execute,
+            targets=[t.project_id for t in settings.targets],
         )
-        write_report(settings.report, report)
-        # urllib under the hood: off the loop, and it never raises (failures are logged).
-        await asyncio.to_thread(
-            metrics.publish,
-            report,
-            pushgateway=settings.pushgateway,
-            textfile=settings.metrics_textfile,
+        if settings.dropped_targets:
+            # Flags replaced the config file's [[targets]]: legal, but easy to do by accident.
+            log.warning("targets_replaced", dropped=masked_settings(settings)["dropped_targets"])
+        self.runs = []
+        progress = Progress()
+        line = ProgressLine(progress)
+        try:
+            async with AsyncExitStack() as stack:
+                for target in settings.targets:
+                    self.runs.append(
+                        await open_target(
+                            stack,
+                            target,
+                            settings=settings,
+                            credentials=self.credentials,
+                            stopped=self.shutdown.requested,
+                        )
+                    )
+                loop = asyncio.get_running_loop()
+                self.deadline = loop.time() + settings.deadline.total_seconds()
+                timer = loop.call_at(self.deadline, self.shutdown.on_deadline)
+                stack.callback(timer.cancel)
+                stack.callback(line.close)
+                await _Work(self, progress=progress, line=line).all_targets()
+        except BaseException:
+            await self._conclude(run_id=run_id, started_at=started_at, crashed=True)
+            raise
+        return await self._conclude(run_id=run_id, started_at=started_at, crashed=False)
+
+    def _end(self, *, crashed: bool) -> RunEnd:
+        runs = self.runs or []
+        dry_run = not self.settings.execute
+        done = DONE_OUTCOMES | {Outcome.WOULD_DELETE} if dry_run else DONE_OUTCOMES
+        jobs_left = any((job.outcome or Outcome.NOT_ATTEMPTED) not in done for job in _jobs(runs))
+        listings_left = any(
+            r.listing_state is not ListingState.COMPLETE or r.out_of_reach for r in runs
         )
+        return RunEnd(
+            signal=self.shutdown.signal,
+            fatal=crashed or self.shutdown.fatal is not None,
+            safety_abort=self.safety_abort,
+            tasks_left=jobs_left or listings_left,
+        )
+
+    async def _conclude(self, *, run_id: str, started_at: datetime, crashed: bool) -> int:
+        """Report, metrics, the final event; the exit code. Never raises for the report."""
+        settings = self.settings
+        runs = self.runs or []
+        dry_run = not settings.execute
+        _log_unreached(runs, dry_run=dry_run)
+        end = self._end(crashed=crashed)
+        code = exit_code(end)
+        report: dict[str, Any] | None = None
+        problem: str | None = None
+        try:
+            report = build_report(
+                run_id=run_id,
+                started_at=started_at,
+                finished_at=self.now(),
+                dry_run=dry_run,
+                exit_code=code,
+                interrupted=self.shutdown.signal,
+                settings=_report_settings(settings, credentials=self.credentials, runs=runs),
+                targets=[r.summary(dry_run=dry_run) for r in runs],
+                records=[_record(job) for job in _jobs(runs)],
+                records_by_target=[[_record(job) for job in r.jobs] for r in runs],
+                deadline_reached=self.shutdown.deadline_reached,
+            )
+            write_report(settings.report, report)
+        except Exception as error:  # whatever failed, the run must still end
+            problem = getattr(error, "strerror", None) or str(error) or type(error).__name__
+            code = exit_code(replace(end, report_written=False))
+            if report is not None:
+                report["exit_code"] = code  # what the metrics then publish
+        if report is not None:
+            # urllib under the hood: off the loop, and it never raises (failures are logged).
+            await asyncio.to_thread(
+                metrics.publish,
+                report,
+                pushgateway=settings.pushgateway,
+                textfile=settings.metrics_textfile,
+            )
+        counts = _counts(runs) if report is None else report["summary"]
+        if problem is not None:
+            log.error(
+                "report_unwritten",
+                report=str(settings.report),
+                error=problem,
+                exit_code=code,
+                summary=counts,
+            )
+            self.stderr.write(
+                f"{PROG}: error: the report {settings.report} could not be written ({problem}); "
+                f"its summary is in the log event report_unwritten (exit {code})\n"
+            )
         log.info(
             "run_finished",
-            exit_code=exit_code,
+            exit_code=code,
             report=str(settings.report),
-            **{k: v for k, v in report["summary"].items() if isinstance(v, int)},
+            deadline_reached=self.shutdown.deadline_reached,
+            **{k: v for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool)},
+        )
+        return code
+
+
+class _Work:
+    """Listing, guarding and deleting, target by target."""
+
+    def __init__(self, run: _Run, *, progress: Progress, line: ProgressLine) -> None:
+        self.run = run
+        self.settings = run.settings
+        self.shutdown = run.shutdown
+        self.runs: list[TargetRun] = run.runs or []
+        self.progress = progress
+        self.line = line
+        self.policy = Policy.from_settings(run.settings)
+        self.cap = run.settings.max_deletions
+        self.dry_run = not run.settings.execute
+        # Prompts from several targets' later passes take turns on the one terminal.
+        self.prompting = asyncio.Lock()
+        self.config = SchedulerConfig(
+            concurrency=self.settings.concurrency,
+            max_attempts=self.settings.max_attempts,
+            requeue_delay=self.settings.requeue_delay.total_seconds(),
+            stop_running=self.settings.stop_running,
+            grace=self.settings.shutdown_grace.total_seconds(),
         )
 
+    async def all_targets(self) -> None:
+        if self.shutdown.is_requested:  # a signal before the run began: send nothing
+            log.warning("run_stopped", reason=self.shutdown.reason, during="start")
+            return
+        absolute = self.cap is not None and self.cap.count is not None
+        # A prompt for the whole selection, or a cap on the run's total, needs every listing.
+        if absolute or (self.run.confirm is not None and not self.dry_run):
+            await self._together()
+        else:
+            await asyncio.gather(*(self._one_target(r) for r in self.runs))
 
-async def _list_and_select(
-    runs: list[TargetRun],
-    *,
-    settings: RunSettings,
-    now: datetime,
-    shutdown: Shutdown,
-) -> None:
-    """List every target (concurrently) and select; any failure aborts before deleting.
+    async def _together(self) -> None:
+        listed = await asyncio.gather(*(self._list(r) for r in self.runs))
+        if not all(listed):
+            log.warning("run_stopped", reason=self.shutdown.reason, during="listing")
+            return
+        if self.cap is not None and self.cap.count is not None:
+            if not self._run_cap_holds():
+                return
+            going = list(self.runs)
+        else:
+            # A percentage stays each target's own, even when the prompt waits for them all.
+            going = [r for r in self.runs if self._target_cap_holds(r, r.jobs)]
+        if self.dry_run:
+            for r in going:
+                _would_delete(r.jobs)
+            return
+        fresh = _jobs(going)
+        if fresh and not await self._confirmed(fresh):
+            return
+        await asyncio.gather(*(self._delete_in_passes(r) for r in going))
 
-    Called again for later passes with the targets still capped: only tasks no earlier pass
-    judged are counted and selected, and the targets' `--max-deletions` base stays the first's.
-    """
-    policy = Policy.from_settings(settings)
-    # Tasks in other states can never be selected, so they need not be listed.
-    by_status = settings.list_by_status and can_list_by_state(policy.states)
+    async def _one_target(self, target: TargetRun) -> None:
+        if not await self._list(target) or not self._target_cap_holds(target, target.jobs):
+            return
+        if self.dry_run:
+            _would_delete(target.jobs)
+            return
+        await self._delete_in_passes(target)
 
-    async def one(run: TargetRun) -> None:
-        logs.bind_target(run.label)
+    async def _list(self, target: TargetRun) -> bool:
+        """One listing pass of one target, judged; False when it did not complete."""
+        logs.bind_target(target.label)
+        target.pass_start = len(target.jobs)
+        target.fresh = 0
+        if self.shutdown.is_requested:
+            target.listing_state = ListingState.STOPPED
+            return False
+        target.listing_state = ListingState.LISTING
         # Pages are read after this moment: the age of every judgement this pass makes.
         listed_at = asyncio.get_running_loop().time()
+        by_status = self.settings.list_by_status and can_list_by_state(self.policy.states)
         listing: Listing
         try:
             if by_status:
-                listing = await list_states(
-                    run.client, states=policy.states, group_id=settings.group_id
+                reading = list_states(
+                    target.client, states=self.policy.states, group_id=self.settings.group_id
                 )
             else:
-                listing = await list_all(run.client, group_id=settings.group_id)
+                reading = list_all(target.client, group_id=self.settings.group_id)
+            # Cut off at a stop: a listing nobody will act on needs no grace.
+            listing = await until_stopped(reading, self.shutdown.requested)
+        except Stopped:
+            target.listing_state = ListingState.STOPPED
+            log.warning("listing_stopped", target=target.label, reason=self.shutdown.reason)
+            return False
         except OmsError as error:
-            run.error = error.info
-            raise _Abort(EXIT_FATAL, f"listing {run.label} failed: {error}") from error
+            self._listing_failed(target, f"listing {target.label} failed: {error}", error.info)
+            return False
         except IncompleteListing as error:
-            raise _Abort(EXIT_FATAL, f"listing {run.label} is incomplete: {error}") from error
-        run.absorb(listing, policy=policy, now=now)
-        for job in run.jobs[run.pass_start :]:
+            info = ErrorInfo(
+                method="GET",
+                path=f"/v2/{target.target.project_id}/tasks",
+                error_msg=f"listing is incomplete: {error}",
+            )
+            self._listing_failed(target, f"listing {target.label} is incomplete: {error}", info)
+            return False
+        target.absorb(listing, policy=self.policy, now=self.run.now())
+        for job in target.jobs[target.pass_start :]:
             job.judged_at = listed_at
+        target.listing_state = ListingState.COMPLETE
+        self.progress.listed = sum(r.listed for r in self.runs)
+        self.progress.selected = sum(len(r.jobs) for r in self.runs)
+        return True
 
-    if shutdown.is_requested:  # a signal before the run began: send nothing
-        raise _Abort(EXIT_FATAL, f"stopped ({shutdown.reason}) before listing began")
+    def _listing_failed(self, target: TargetRun, message: str, info: ErrorInfo) -> None:
+        target.listing_state = ListingState.FAILED
+        target.error = info
+        log.error("run_aborted", reason=message, target=target.label)
+        self.shutdown.on_fatal(FatalStop(target=target.label, message=message, error=info))
 
-    for run in runs:
-        run.pass_start = len(run.jobs)
-        run.fresh = 0
+    def _run_cap_holds(self) -> bool:
+        """An absolute --max-deletions, over the run's total; True when within it."""
+        cap = self.cap
+        if cap is None:
+            return True
+        base = sum(r.total for r in self.runs)
+        limit = cap.limit(base)
+        selected = len(_jobs(self.runs))
+        for r in self.runs:
+            r.cap = CapCheck(cap=str(cap), applies_to="run", base=base, limit=limit)
+        if selected <= limit:
+            return True
+        self._refuse(
+            self.runs,
+            f"{selected} tasks selected, more than --max-deletions allows ({limit} of {base} "
+            "listed in all targets); nothing was deleted",
+        )
+        return False
 
-    async def every_target() -> None:
-        listings = [asyncio.create_task(one(run)) for run in runs]
-        try:
-            await asyncio.gather(*listings)
-        finally:
-            # gather leaves the siblings of a failed listing running: they would go on
-            # paging (and retrying on closed sessions) after the run has ended.
-            for listing in listings:
-                listing.cancel()
-            await asyncio.gather(*listings, return_exceptions=True)
+    def _target_cap_holds(self, target: TargetRun, fresh: list[Job]) -> bool:
+        """A percentage --max-deletions, of this target's own listing; True when within it."""
+        cap = self.cap
+        if cap is None:
+            return True
+        if target.cap is None:  # worked out on the first pass, held for every later one
+            base = target.total
+            target.cap = CapCheck(
+                cap=str(cap), applies_to="target", base=base, limit=cap.limit(base)
+            )
+        limit = target.cap.limit
+        whole_run = target.cap.applies_to == "run"
+        selected = len(_jobs(self.runs)) if whole_run else len(target.jobs)
+        if selected <= limit:
+            return True
+        where = "the run" if target.cap.applies_to == "run" else target.label
+        for job in fresh:
+            job.outcome = Outcome.NOT_ATTEMPTED
+        target.cap = replace(target.cap, exceeded=True)
+        self.run.safety_abort = True
+        log.error(
+            "run_aborted" if target.cap.applies_to == "run" else "target_refused",
+            target=target.label,
+            reason=(
+                f"{selected} tasks selected in {where} over {target.passes} listing pass(es), "
+                f"more than --max-deletions allows ({limit} of {target.cap.base}); "
+                f"{len(fresh)} not deleted"
+            ),
+        )
+        return False
 
-    async def stop_requested() -> None:
-        await shutdown.requested.wait()
+    def _refuse(self, runs: list[TargetRun], reason: str) -> None:
+        for r in runs:
+            for job in r.jobs:
+                job.outcome = Outcome.NOT_ATTEMPTED
+            if r.cap is not None:
+                r.cap = replace(r.cap, exceeded=True)
+        self.run.safety_abort = True
+        log.error("run_aborted", reason=reason)
 
-    listing = asyncio.create_task(every_target())
-    stop = asyncio.create_task(stop_requested())
-    try:
-        done, _ = await asyncio.wait([listing, stop], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stop.cancel()
-    if listing not in done:
-        listing.cancel()
-        await asyncio.gather(listing, return_exceptions=True)
-        for run in runs:
-            del run.jobs[run.pass_start :]
-        raise _Abort(EXIT_FATAL, f"stopped ({shutdown.reason}) before every target was listed")
-    listing.result()
+    async def _confirmed(self, fresh: list[Job]) -> bool:
+        confirm = self.run.confirm
+        if confirm is None:
+            return True
+        projects = sorted({job.project_id for job in fresh})
+        async with self.prompting:
+            answer = await _ask(confirm, len(fresh), projects, shutdown=self.shutdown)
+        if answer is None:
+            log.warning("run_stopped_at_confirmation", reason=self.shutdown.reason)
+            return False
+        if not answer:
+            log.warning("run_declined", selected=len(fresh))
+            self.run.safety_abort = True
+        return answer
+
+    async def _delete_in_passes(self, target: TargetRun) -> None:
+        """Delete the target's selection; while its listing left tasks out of reach and the
+        last pass selected something new (the offset cap, an unproven listing), go on."""
+        while True:
+            await self._delete(target)
+            if self.shutdown.is_requested or not (target.out_of_reach and target.fresh):
+                return
+            log.info(
+                "listing_again",
+                target=target.label,
+                deleted_so_far=sum(job.outcome in DONE_OUTCOMES for job in target.jobs),
+            )
+            if not await self._list(target):
+                return
+            fresh = target.jobs[target.pass_start :]
+            if not self._target_cap_holds(target, fresh):
+                return
+            if fresh and not await self._confirmed(fresh):
+                return
+
+    async def _delete(self, target: TargetRun) -> None:
+        progress, line = self.progress, self.line
+
+        def finished(job: Job) -> None:
+            if job.outcome in (Outcome.DELETED, Outcome.ALREADY_GONE):
+                progress.deleted += 1
+            elif job.outcome is Outcome.FAILED:
+                progress.failed += 1
+            line.refresh()
+
+        def requeued(job: Job, delay: float) -> None:
+            progress.requeued += 1
+            line.refresh()
+
+        logs.bind_target(target.label)
+        scheduler = Scheduler(
+            api=target.client,
+            jobs=target.jobs,
+            config=self.config,
+            shutdown=self.shutdown,
+            deadline=self.run.deadline,
+            rng=self.run.rng,
+            hooks=Hooks(on_finish=finished, on_requeue=requeued),
+            target=target.label,
+            now=self.run.now,
+            judge=Refresher(
+                source=target.client,
+                jobs=target.jobs,
+                policy=self.policy,
+                max_staleness=self.settings.max_staleness.total_seconds(),
+                # A request may wait this long at the limiter (a slot per worker ahead of it).
+                headroom=self.settings.concurrency / self.settings.rate,
+                not_selected=target.not_selected,
+                now=self.run.now,
+                clock=asyncio.get_running_loop().time,
+            ),
+        )
+        await scheduler.run()
+        if self.shutdown.fatal is not None and self.shutdown.fatal.target == target.label:
+            target.error = self.shutdown.fatal.error
 
 
 async def _ask(
@@ -308,178 +536,44 @@ async def _ask(
     return answer.result() if answer.done() else None
 
 
-def _guard(runs: list[TargetRun], *, settings: RunSettings) -> int | None:
-    """`--max-deletions`: refuse the whole run when more are selected than allowed.
-
-    Returns the limit (None without `--max-deletions`), which later passes are held to.
-    """
-    if settings.max_deletions is None:
-        return None
-    listed = sum(r.total for r in runs)
-    selected = sum(len(r.jobs) for r in runs)
-    limit = settings.max_deletions.limit(listed)
-    if selected > limit:
-        for run in runs:
-            for job in run.jobs:
-                job.outcome = Outcome.NOT_ATTEMPTED
-        raise _Abort(
-            EXIT_SAFETY_ABORT,
-            f"{selected} tasks selected, more than --max-deletions allows ({limit} of {listed} "
-            "listed); nothing was deleted",
-        )
-    return limit
-
-
-async def _delete_in_passes(
-    runs: list[TargetRun],
-    *,
-    settings: RunSettings,
-    confirm: Confirm | None,
-    shutdown: Shutdown,
-    now: Callable[[], datetime],
-    limit: int | None,
-    delete: Callable[[], Awaitable[OmsError | None]],
-    progress: Progress,
-) -> int:
-    """Delete the selection; while a capped listing's window moved, list again and go on.
-
-    Returns the exit code. Each pass asks for confirmation of its own selection, and a pass
-    whose selection would take the run's total past `limit` deletes nothing (exit 3).
-    """
-    fresh = [job for r in runs for job in r.jobs]
-    while True:
-        if fresh and confirm is not None:
-            projects = sorted({job.project_id for job in fresh})
-            answer = await _ask(confirm, len(fresh), projects, shutdown=shutdown)
-            if answer is None:
-                log.warning("run_stopped_at_confirmation", reason=shutdown.reason)
-                return shutdown.signal_exit_code or EXIT_TASKS_LEFT
-            if not answer:
-                log.warning("run_declined", selected=len(fresh))
-                return EXIT_SAFETY_ABORT
-        fatal = await delete()
-        jobs = [job for r in runs for job in r.jobs]
-        again = [r for r in runs if r.capped and r.fresh]
-        if fatal is not None or shutdown.is_requested or not again:
-            unreached = _log_unreached(runs, dry_run=False)
-            return _exit_code(jobs, shutdown=shutdown, fatal=fatal, unreached=unreached)
-        log.info("listing_again", targets=[r.label for r in again], deleted_so_far=_done(jobs))
-        try:
-            await _list_and_select(
-                again,
-                settings=settings,
-                now=now(),
-                shutdown=shutdown,
-            )
-        except _Abort as abort:
-            log.error("run_aborted", reason=str(abort), exit_code=abort.exit_code)
-            _log_unreached(runs, dry_run=False)
-            if shutdown.is_requested:  # a signal or the deadline, not a broken listing
-                return _exit_code(jobs, shutdown=shutdown, fatal=None, unreached=True)
-            return abort.exit_code
-        fresh = [job for r in again for job in r.jobs[r.pass_start :]]
-        progress.listed = sum(r.listed for r in runs)
-        selected = sum(len(r.jobs) for r in runs)
-        progress.selected = selected
-        if limit is not None and selected > limit:
-            for job in fresh:
-                job.outcome = Outcome.NOT_ATTEMPTED
-            reason = (
-                f"{selected} tasks selected over {max(r.passes for r in runs)} listing passes, "
-                f"more than --max-deletions allows ({limit}); this pass's {len(fresh)} were not "
-                f"deleted ({_done(jobs)} deleted in earlier passes)"
-            )
-            log.error("run_aborted", reason=reason, exit_code=EXIT_SAFETY_ABORT)
-            _log_unreached(runs, dry_run=False)
-            return EXIT_SAFETY_ABORT
-
-
-def _done(jobs: list[Job]) -> int:
-    return sum(job.outcome in DONE_OUTCOMES for job in jobs)
-
-
 def _log_unreached(runs: list[TargetRun], *, dry_run: bool) -> bool:
-    """Warn for each target whose last listing was capped; whether there was any."""
-    capped = [r for r in runs if r.capped]
+    """Warn for each target whose last listing left tasks out of reach; whether there was any."""
+    capped = [r for r in runs if r.out_of_reach]
     for run in capped:
         log.warning(
             "listing_incomplete",
             target=run.label,
-            reason="offset cap",
+            reason=run.unreached_reason,
             passes=run.passes,
-            unseen=run.unseen,
+            unseen=run.unreached,
             dry_run=dry_run,
         )
     return bool(capped)
 
 
-async def _delete(
-    runs: list[TargetRun],
-    *,
-    settings: RunSettings,
-    shutdown: Shutdown,
-    deadline: float,
-    rng: random.Random | None,
-    progress: Progress,
-    line: ProgressLine,
-    now: Callable[[], datetime],
-) -> OmsError | None:
-    """One scheduler per target, all at once; returns the fatal error that stopped them."""
-    config = SchedulerConfig(
-        concurrency=settings.concurrency,
-        max_attempts=settings.max_attempts,
-        requeue_delay=settings.requeue_delay.total_seconds(),
-        stop_running=settings.stop_running,
-        grace=settings.shutdown_grace.total_seconds(),
-    )
+def _jobs(runs: Sequence[TargetRun]) -> list[Job]:
+    return [job for r in runs for job in r.jobs]
 
-    def finished(job: Job) -> None:
-        if job.outcome in (Outcome.DELETED, Outcome.ALREADY_GONE):
-            progress.deleted += 1
-        elif job.outcome is Outcome.FAILED:
-            progress.failed += 1
-        line.refresh()
 
-    def requeued(job: Job, delay: float) -> None:
-        progress.requeued += 1
-        line.refresh()
+def _would_delete(jobs: Sequence[Job]) -> None:
+    for job in jobs:
+        job.outcome = Outcome.WOULD_DELETE
+        _log_would_delete(job)
 
-    policy = Policy.from_settings(settings)
-    loop = asyncio.get_running_loop()
 
-    def refresher(run: TargetRun) -> Refresher:
-        return Refresher(
-            source=run.client,
-            jobs=run.jobs,
-            policy=policy,
-            max_staleness=settings.max_staleness.total_seconds(),
-            # A request may wait this long at the limiter (a slot per worker ahead of it).
-            headroom=settings.concurrency / settings.rate,
-            not_selected=run.not_selected,
-            now=now,
-            clock=loop.time,
+def _counts(runs: Sequence[TargetRun]) -> dict[str, Any]:
+    """The summary's counts without a report (when even building it failed)."""
+    jobs = _jobs(runs)
+    counts: dict[str, Any] = {
+        "listed": sum(r.listed for r in runs),
+        "selected": len(jobs),
+        "not_selected": sum(sum(r.not_selected.values()) for r in runs),
+    }
+    for outcome in Outcome:
+        counts[outcome.value] = sum(
+            (job.outcome or Outcome.NOT_ATTEMPTED) is outcome for job in jobs
         )
-
-    schedulers = [
-        Scheduler(
-            api=run.client,
-            jobs=run.jobs,
-            config=config,
-            shutdown=shutdown,
-            deadline=deadline,
-            rng=rng,
-            hooks=Hooks(on_finish=finished, on_requeue=requeued),
-            judge=refresher(run),
-        )
-        for run in runs
-    ]
-
-    async def one(run: TargetRun, scheduler: Scheduler) -> None:
-        logs.bind_target(run.label)
-        await scheduler.run()
-
-    await asyncio.gather(*(one(r, s) for r, s in zip(runs, schedulers, strict=True)))
-    return next((s.fatal for s in schedulers if s.fatal is not None), None)
+    return counts
 
 
 def _report_settings(
@@ -499,29 +593,18 @@ def _report_settings(
     return shown
 
 
-def _exit_code(
-    jobs: list[Job], *, shutdown: Shutdown, fatal: OmsError | None, unreached: bool = False
-) -> int:
-    if shutdown.signal_exit_code is not None:
-        return shutdown.signal_exit_code
-    if fatal is not None:
-        return EXIT_FATAL
-    if unreached:  # tasks beyond the offset cap were never seen: some may be eligible
-        return EXIT_TASKS_LEFT
-    return EXIT_OK if all(job.outcome in DONE_OUTCOMES for job in jobs) else EXIT_TASKS_LEFT
-
-
 def _record(job: Job) -> TaskRecord:
     task = job.task
     return TaskRecord(
         id=task.id,
         name=task.name,
         project_id=job.project_id,
-        status=task.status.label,
+        status=job.status.label,
         start_time=task.start_time,
         outcome=job.outcome or Outcome.NOT_ATTEMPTED,
         attempts=job.attempts,
         last_error=job.last_error,
+        stopped_at=job.stopped_at,
     )
 
 

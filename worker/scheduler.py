@@ -4,9 +4,11 @@ Shape (after arq): jobs wait in a ready queue; `concurrency` workers take them o
 time; a delete refused because the task is running goes back after a growing, jittered
 delay (`loop.call_later`) while the other jobs go on. What each answer means is decided
 in one place, `outcomes.decide`. The deadline only informs those decisions; enforcing it
-is the run's job (it sets the shutdown flag). Shutdown is a flag: once set, no new request starts,
-queued and delayed jobs are finished as not attempted / still running, and in-flight
-requests get a grace period before they are cancelled.
+is the run's job (it records the stop in `Shutdown`). Once a stop is recorded no new request
+leaves (the client's gate raises `stopping.Stopped` instead of sending), queued and delayed
+jobs are finished as not attempted / still running, and requests already on the wire get a
+grace period before they are cancelled. Whether a delete was on the wire is known exactly
+(`stopping.tracking_sends`): one that never left is `not_attempted`, never `failed`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 import structlog
@@ -22,7 +25,8 @@ import structlog
 from worker.oms.errors import ErrorInfo, OmsError, TaskNotMigrating, TaskRunning
 from worker.oms.models import Task, TaskStatus
 from worker.outcomes import Fatal, Finish, Outcome, Requeue, decide
-from worker.shutdown import FATAL, Shutdown
+from worker.shutdown import FatalStop, Shutdown
+from worker.stopping import SendMark, Stopped, tracking_sends
 
 log = structlog.get_logger("oms_cleanup.scheduler")
 
@@ -55,6 +59,14 @@ class Job:
     last_error: ErrorInfo | None = None
     # Loop time at which `task` was read (listed or refreshed); None when unknown (stale).
     judged_at: float | None = None
+    # When this run paused the task (--stop-running), and the state OMS then put it in.
+    stopped_at: datetime | None = None
+    seen_status: TaskStatus | None = None
+
+    @property
+    def status(self) -> TaskStatus:
+        """The state the task was last known to be in: as listed, or as this run left it."""
+        return self.seen_status if self.seen_status is not None else self.task.status
 
     def log_fields(self) -> dict[str, object]:
         """What every event about this task carries: which task, which try, what OMS said."""
@@ -103,6 +115,8 @@ class Scheduler:
         deadline: float,
         rng: random.Random | None = None,
         hooks: Hooks | None = None,
+        target: str = "",
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
         judge: Judge | None = None,
     ) -> None:
         self._api = api
@@ -113,11 +127,12 @@ class Scheduler:
         self._deadline = deadline
         self._rng = rng or random.Random()
         self._hooks = hooks or Hooks()
+        self._target = target
+        self._now = now
         self._ready: asyncio.Queue[Job | None] = asyncio.Queue()
         self._delayed: dict[Job, asyncio.TimerHandle] = {}
         self._pending = 0
         self._workers = 0
-        self.fatal: OmsError | None = None
 
     async def run(self) -> None:
         """Return when every job has an outcome (or the run was stopped and wound down)."""
@@ -141,17 +156,29 @@ class Scheduler:
             if self._shutdown.is_requested:
                 self._finish_unstarted(job)
                 continue
-            try:
-                await self._process(job)
-            except asyncio.CancelledError:
-                # Cut off mid-request: OMS may or may not have applied it, and the report says so.
-                job.last_error = ErrorInfo(
-                    method="DELETE",
-                    path=f"/v2/{job.project_id}/tasks/{job.task.id}",
-                    error_msg="cancelled at shutdown; the request may have reached OMS",
-                )
-                self._finish(job, Outcome.FAILED)
-                raise
+            with tracking_sends() as mark:
+                try:
+                    await self._process(job, mark)
+                except Stopped:
+                    self._finish_interrupted(job, mark)
+                except asyncio.CancelledError:
+                    self._finish_interrupted(job, mark)
+                    raise
+
+    def _finish_interrupted(self, job: Job, mark: SendMark) -> None:
+        """The stop caught the job mid-call: a send that never left changes nothing."""
+        if not mark.may_have_left:
+            self._finish_unstarted(job)
+            return
+        # Cut off on the wire (or in a retry after it): OMS may have applied it.
+        pausing = mark.call == "stop"
+        job.last_error = ErrorInfo(
+            method="POST" if pausing else "DELETE",
+            path=f"/v2/{job.project_id}/tasks/{job.task.id}{'/stop' if pausing else ''}",
+            error_msg="cancelled at shutdown; the request may have reached OMS",
+        )
+        # A stop that may have landed leaves a task that may be pausing: not deleted either way.
+        self._finish(job, Outcome.STILL_RUNNING if pausing else Outcome.FAILED)
 
     async def _watch_shutdown(self, workers: list[asyncio.Task[None]]) -> None:
         await self._shutdown.requested.wait()
@@ -179,21 +206,29 @@ class Scheduler:
         for worker in workers:
             worker.cancel()
 
-    async def _process(self, job: Job) -> None:
+    async def _process(self, job: Job, mark: SendMark) -> None:
         if self._judge is not None and not await self._rejudged(job, self._judge):
             return
         task = job.task
         if self._config.stop_running and task.status is TaskStatus.MIGRATING and not job.stop_sent:
+            mark.call = "stop"
             await self._stop_first(job)
             return
-        job.attempts += 1
+        mark.call = "delete"
         try:
             await self._api.delete_task(task.id)
         except OmsError as error:
+            job.attempts += 1
             job.last_error = error.info
             job.refused_as_running = isinstance(error, TaskRunning)
             self._act(job, error)
+        except (Stopped, asyncio.CancelledError):
+            # An attempt is a delete that left the process, not one the stop held back.
+            if mark.may_have_left:
+                job.attempts += 1
+            raise
         else:
+            job.attempts += 1
             job.last_error = None
             job.refused_as_running = False
             self._finish(job, Outcome.DELETED)
@@ -202,6 +237,12 @@ class Scheduler:
         """Whether the job still goes on to its request after its judgement was checked."""
         try:
             verdict = await judge.judge(job)
+        except Stopped:  # the stop came while the task was read again: no delete left
+            self._finish_unstarted(job)
+            return False
+        except asyncio.CancelledError:
+            self._finish_unstarted(job)
+            raise
         except OmsError as error:
             job.last_error = error.info
             self._act(job, error)
@@ -225,7 +266,10 @@ class Scheduler:
             self._act(job, error)
             return
         job.stop_sent = True
-        log.info("task_stopped", **job.log_fields())
+        job.stopped_at = self._now()
+        # OMS accepted the stop: the migration is pausing, no longer migrating.
+        job.seen_status = TaskStatus.PAUSING
+        log.info("task_stopped", stopped_at=job.stopped_at.isoformat(), **job.log_fields())
         self._requeue(job, self._config.requeue_delay)
 
     def _act(self, job: Job, error: OmsError) -> None:
@@ -244,7 +288,6 @@ class Scheduler:
         elif isinstance(action, Finish):
             self._finish(job, action.outcome)
         elif isinstance(action, Fatal):
-            self.fatal = action.error
             log.error(
                 "run_fatal",
                 error_type=type(error).__name__,
@@ -252,7 +295,9 @@ class Scheduler:
                 http_status=error.http_status,
                 request_id=error.request_id,
             )
-            self._shutdown.request(FATAL)
+            self._shutdown.on_fatal(
+                FatalStop(target=self._target, message=str(action.error), error=action.error.info)
+            )
             self._finish(job, Outcome.FAILED)
 
     def _requeue(self, job: Job, delay: float) -> None:

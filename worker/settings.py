@@ -5,11 +5,18 @@ Every run option comes from, in falling precedence: command-line flags, the envi
 credentials.py are the only ones that read the process environment.
 
 Environment values for list options are comma-separated (`OMS_CLEANUP_STATES=succeeded,failed`).
-An environment variable that is set but blank counts as not set; an unknown OMS_CLEANUP_*
-variable is an error (a misspelt protection must not pass silently). Several targets come only
-from `[[targets]]` tables in the file; --region/--endpoint/--project-id (flag or environment)
-build one target that replaces them. HUAWEICLOUD_SDK_PROJECT_ID is a fallback project id that
-ranks below the file.
+An environment variable that is set but blank counts as not set; a list that names nothing
+(`","`) is an error, and so is an unknown OMS_CLEANUP_* variable (a misspelt protection must not
+pass silently). Three rules keep layering from deleting what one layer meant to keep:
+
+- Protections accumulate: `protect_ids` and `name_exclude` are the union of every layer's
+  (`_accumulate_protections`); no layer can remove another's. Each value remembers its layers.
+- Selections (`states`, `name_include`, every other option): the highest layer wins.
+- Targets come from one place. Several come only from `[[targets]]` tables in the file;
+  --region/--endpoint/--project-id build one target. With [[targets]] in the file, flags may
+  replace them (the dropped ones are kept in `RunSettings.dropped_targets`, for the run's warning
+  and report), the environment may not (an error), and HUAWEICLOUD_SDK_PROJECT_ID, a fallback
+  project id ranking below the file, is not used. Two targets with one project id are an error.
 
 Sharding (an Indexed Job): every pod loads the same targets and keeps only its share (see
 worker/sharding.py), so `RunSettings.targets` holds this shard's targets only. The shard index
@@ -24,7 +31,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -34,6 +41,7 @@ import yarl
 from pydantic import (
     BaseModel,
     ConfigDict,
+    PrivateAttr,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -72,6 +80,10 @@ _FLAT_TARGET_KEYS = ("region", "endpoint", "project_id")
 _PROJECT_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 _FLAG_NAMES = {"protect_ids": "--protect-id"}
+
+# The layers a protection can come from, lowest first (the order values are listed in).
+ProtectionLayer = Literal["file", "environment", "flags"]
+_PROTECTION_LAYERS: tuple[ProtectionLayer, ...] = ("file", "environment", "flags")
 
 LogFormat = Literal["json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -218,12 +230,62 @@ class MaxDeletions(BaseModel):
 # Field parsers shared by the validators
 
 
-def _split_list(value: Any) -> list[Any]:
+def _split_list(value: Any, *, what: str) -> list[Any]:
     if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        if not parts:
+            # `OMS_CLEANUP_NAME_EXCLUDE=","` (an unset variable spliced in) must not pass as a
+            # deliberate empty list: it would drop a filter or a protection without a word.
+            raise ValueError(f"name at least one {what} (got {value!r})")
+        return parts
     if isinstance(value, list | tuple | set | frozenset):
         return list(value)
     raise ValueError(f"expected a list or a comma-separated string (got {value!r})")
+
+
+def _task_ids(value: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for item in _split_list(value, what="task id"):
+        if isinstance(item, int) and not isinstance(item, bool):
+            number = item
+        elif isinstance(item, str) and item.strip().isdigit():
+            number = int(item.strip())
+        else:
+            raise ValueError(f"expected task ids (positive integers) (got {item!r})")
+        if number <= 0:
+            raise ValueError(f"task ids are positive (got {number})")
+        ids.add(number)
+    return frozenset(ids)
+
+
+def _globs(value: Any) -> tuple[str, ...]:
+    globs = _split_list(value, what="name pattern")
+    for glob in globs:
+        if not isinstance(glob, str):
+            raise ValueError(f"expected name patterns (got {glob!r})")  # noqa: TRY004
+        if not glob.strip():
+            # `--name-include "$UNSET"` must not silently drop the filter and widen the run.
+            raise ValueError("a name pattern must not be empty")
+    return tuple(dict.fromkeys(globs))
+
+
+def _same_kind(value: Any, annotation: Any) -> Any:
+    """`value` unless a TOML value of another kind stands in for a number or a yes/no.
+
+    pydantic would read `max_attempts = true` as 1, `concurrency = 2.0` as 2 and `execute = 1`
+    as yes: each is a mistake in the file, not a spelling. Strings (flags, environment) are
+    left to the field's own parsing.
+    """
+    wrong = {
+        int: isinstance(value, bool | float),
+        float: isinstance(value, bool),
+        bool: isinstance(value, int | float) and not isinstance(value, bool),
+    }
+    if wrong.get(annotation, False):
+        expected = {int: "a whole number", float: "a number", bool: "true or false"}[annotation]
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)
+        raise ValueError(f"expected {expected} (got {shown})")
+    return value
 
 
 def _duration(value: Any) -> Any:
@@ -382,6 +444,23 @@ class RunSettings(BaseSettings):
     pushgateway: str | None = None
     metrics_textfile: Path | None = None
 
+    # Facts about the layering, set by load_settings, for people (validate, the report, the
+    # run's warning); not options, so no source can set them.
+    _protection_origins: dict[str, dict[Any, tuple[ProtectionLayer, ...]]] = PrivateAttr(
+        default_factory=dict
+    )
+    _dropped_targets: tuple[Target, ...] = PrivateAttr(default=())
+
+    @property
+    def protection_origins(self) -> Mapping[str, Mapping[Any, tuple[ProtectionLayer, ...]]]:
+        """For `protect_ids` and `name_exclude`: each value and the layers that gave it."""
+        return self._protection_origins
+
+    @property
+    def dropped_targets(self) -> tuple[Target, ...]:
+        """The config file's [[targets]] that the flags' target replaced (not run)."""
+        return self._dropped_targets
+
     @property
     def dry_run(self) -> bool:
         """Whether this run only reports what it would delete."""
@@ -427,7 +506,7 @@ class RunSettings(BaseSettings):
     @field_validator("states", mode="before")
     @classmethod
     def _parse_states(cls, value: Any) -> Any:
-        items = _split_list(value)
+        items = _split_list(value, what="state")
         if not items:
             raise ValueError("name at least one state (e.g. succeeded,failed)")
         states: set[TaskStatus] = set()
@@ -445,30 +524,12 @@ class RunSettings(BaseSettings):
     @field_validator("name_include", "name_exclude", mode="before")
     @classmethod
     def _parse_globs(cls, value: Any) -> Any:
-        globs = _split_list(value)
-        for glob in globs:
-            if not isinstance(glob, str):
-                raise ValueError(f"expected name patterns (got {glob!r})")  # noqa: TRY004
-            if not glob.strip():
-                # `--name-include "$UNSET"` must not silently drop the filter and widen the run.
-                raise ValueError("a name pattern must not be empty")
-        return tuple(globs)
+        return _globs(value)
 
     @field_validator("protect_ids", mode="before")
     @classmethod
     def _parse_ids(cls, value: Any) -> Any:
-        ids: set[int] = set()
-        for item in _split_list(value):
-            if isinstance(item, int) and not isinstance(item, bool):
-                number = item
-            elif isinstance(item, str) and item.strip().isdigit():
-                number = int(item.strip())
-            else:
-                raise ValueError(f"expected task ids (positive integers) (got {item!r})")
-            if number <= 0:
-                raise ValueError(f"task ids are positive (got {number})")
-            ids.add(number)
-        return frozenset(ids)
+        return _task_ids(value)
 
     @field_validator("group_id", mode="before")
     @classmethod
@@ -485,7 +546,17 @@ class RunSettings(BaseSettings):
             return MaxDeletions.parse(value)
         if isinstance(value, int) and not isinstance(value, bool):
             return MaxDeletions(count=value)
-        return value
+        if value is None or isinstance(value, MaxDeletions):
+            return value
+        raise ValueError(
+            f'expected a number of tasks (e.g. 500) or a percentage (e.g. "10%") (got {value!r})'
+        )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _check_kind(cls, value: Any, info: ValidationInfo) -> Any:
+        assert info.field_name is not None
+        return _same_kind(value, cls.model_fields[info.field_name].annotation)
 
     @field_validator("log_format", mode="before")
     @classmethod
@@ -579,12 +650,22 @@ class RunSettings(BaseSettings):
                 "no target: give --region (or --endpoint) and --project-id, "
                 "or [[targets]] tables in the config file",
             )
+        first_of: dict[str, int] = {}
         for index, target in enumerate(self.targets):
             if target.endpoint is not None:
                 try:
                     target.base_url(allow_insecure_http=self.allow_insecure_http)
                 except ValueError as exc:
                     raise _FieldProblem(("targets", index, "endpoint"), str(exc)) from None
+            # A project id names one project, whatever endpoint or region reaches it: twice in
+            # the list (before sharding) would clean one project twice, maybe from two pods.
+            first = first_of.setdefault(target.project_id, index)
+            if first != index:
+                raise _FieldProblem(
+                    ("targets", index, "project_id"),
+                    f"project {target.project_id} is already targets[{first}] "
+                    f"({self.targets[first].where}); list each project once",
+                )
         if self.shard_index >= self.shard_count:
             raise _FieldProblem(
                 ("shard_index",),
@@ -655,13 +736,14 @@ def load_settings(
                 )
             ]
         )
-    flat, replaced = _place_flat_target(layers, config_file=config_file)
-    found: list[Problem] = []
+    flat, replaced = _place_targets(layers, config_file=config_file)
+    origins, found = _accumulate_protections(layers, config_file=config_file)
+    dropped: tuple[Target, ...] = ()
     if replaced is not None:
         # Replaced targets are still checked: a mistake there (an option placed after a
         # [[targets]] header) must not vanish just because a flag chose the target this time.
         try:
-            TypeAdapter(list[Target]).validate_python(replaced)
+            dropped = tuple(TypeAdapter(list[Target]).validate_python(replaced))
         except ValidationError as exc:
             found.extend(
                 _problem(
@@ -687,7 +769,11 @@ def load_settings(
     # Sharded after validation: every pod checks the whole configuration, and a shard left
     # without targets is a valid (empty) run rather than a "no target" error.
     mine = shard_targets(settings.targets, index=settings.shard_index, count=settings.shard_count)
-    return settings.model_copy(update={"targets": mine})
+    settings = settings.model_copy(update={"targets": mine})
+    # Set once here, before anyone else holds the object.
+    settings._protection_origins = origins
+    settings._dropped_targets = dropped
+    return settings
 
 
 def _environment_values(env: Mapping[str, str]) -> dict[str, Any]:
@@ -744,27 +830,44 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _place_flat_target(layers: list[_Layer], *, config_file: Path | None) -> tuple[bool, Any]:
-    """Turn region/endpoint/project_id into one target.
+def _place_targets(layers: list[_Layer], *, config_file: Path | None) -> tuple[bool, Any]:
+    """Decide where the targets come from; region/endpoint/project_id become one target.
 
-    Returns whether that target is the one used, and the file's [[targets]] it replaced (None
-    when it replaced none).
+    Returns whether that flat target is the one used, and the file's [[targets]] it replaced
+    (None when it replaced none).
 
     A region or endpoint from a higher layer replaces both from lower layers (they are one
-    choice). The flat target replaces the file's [[targets]] when flags or the environment name
-    any part of it; in the file alone, mixing both spellings is an error.
+    choice). Flags naming any part of the flat target replace the file's [[targets]]. With
+    [[targets]] in the file, a target part in the environment is a conflict (an ambient variable
+    must not redirect a whole multi-target run) and the SDK's project id is not used; in the
+    file alone, mixing both spellings is an error.
     """
-    file_layer = next(layer for layer in layers if layer.name == "file")
-    file_flat = [key for key in _FLAT_TARGET_KEYS if key in file_layer.values]
-    if file_flat and "targets" in file_layer.values:
+    layer_of = {layer.name: layer for layer in layers}
+    file_label = f"config file {str(config_file)!r}"
+    file_values = layer_of["file"].values
+    in_file = [key for key in _FLAT_TARGET_KEYS if key in file_values]
+    in_env = [key for key in _FLAT_TARGET_KEYS if key in layer_of["environment"].values]
+    if in_file and "targets" in file_values:
         raise ConfigError(
             [
                 Problem(
-                    f"config file {str(config_file)!r}",
-                    f"top-level {', '.join(file_flat)} and [[targets]] cannot be combined",
+                    file_label, f"top-level {', '.join(in_file)} and [[targets]] cannot be combined"
                 )
             ]
         )
+    if in_env and "targets" in file_values:
+        names = ", ".join(f"{ENV_PREFIX}{key.upper()}" for key in in_env)
+        raise ConfigError(
+            [
+                Problem(
+                    names,
+                    f"the targets come from the [[targets]] of {file_label}; unset it, or give "
+                    "the target as flags (which replace the file's targets)",
+                )
+            ]
+        )
+    if "targets" in file_values:
+        layer_of["sdk"].values.pop("project_id", None)
     flat: dict[str, Any] = {}
     location_found = False
     overriding = False
@@ -777,11 +880,43 @@ def _place_flat_target(layers: list[_Layer], *, config_file: Path | None) -> tup
             flat.update({key: parts[key] for key in ("region", "endpoint") if key in parts})
         if "project_id" in parts:
             flat.setdefault("project_id", parts["project_id"])
-    if overriding or (flat and "targets" not in file_layer.values):
-        replaced = file_layer.values.pop("targets", None)
+    if overriding or (flat and "targets" not in file_values):
+        replaced = file_values.pop("targets", None)
         layers[0].values["targets"] = [flat]
         return True, replaced
     return False, None
+
+
+def _accumulate_protections(
+    layers: list[_Layer], *, config_file: Path | None
+) -> tuple[dict[str, dict[Any, tuple[ProtectionLayer, ...]]], list[Problem]]:
+    """Replace each layer's protect_ids and name_exclude by their union (in the top layer).
+
+    Returns, for each of the two, every value and the layers that gave it (lowest first), and
+    the problems of values that could not be read (blamed on their own layer).
+    """
+    layer_of = {layer.name: layer for layer in layers}
+    read: dict[str, Callable[[Any], Iterable[Any]]] = {
+        "protect_ids": lambda value: sorted(_task_ids(value)),
+        "name_exclude": _globs,
+    }
+    origins: dict[str, dict[Any, tuple[ProtectionLayer, ...]]] = {}
+    problems: list[Problem] = []
+    for field, parse in read.items():
+        found: dict[Any, tuple[ProtectionLayer, ...]] = {}
+        for name in _PROTECTION_LAYERS:
+            if field not in layer_of[name].values:
+                continue
+            value = layer_of[name].values.pop(field)
+            try:
+                for item in parse(value):
+                    found[item] = (*found.get(item, ()), name)
+            except ValueError as exc:
+                problems.append(Problem(_option(field, name, config_file=config_file), str(exc)))
+        if found:
+            layer_of["flags"].values[field] = list(found)
+        origins[field] = found
+    return origins, problems
 
 
 def _problem(
@@ -819,17 +954,20 @@ def _problem(
             return Problem("--region", message)
         return Problem(f"{file_label}: targets", message)
     field = str(loc[0]) if loc else ""
+    source = next((layer.name for layer in layers if field in layer.values), "flags")
+    return Problem(_option(field, source, config_file=config_file), message)
+
+
+def _option(field: str, layer: str, *, config_file: Path | None) -> str:
+    """An option as the user spelt it: the flag, and the variable or file it came from."""
     option = _FLAG_NAMES.get(field, f"--{field.replace('_', '-')}")
-    for layer in layers:
-        if field in layer.values:
-            if layer.name == "environment":
-                option = f"{option} ({ENV_PREFIX}{field.upper()})"
-            elif layer.name == "job":
-                option = f"{option} ({JOB_COMPLETION_INDEX_ENV})"
-            elif layer.name == "file":
-                option = f"{option} ({file_label})"
-            break
-    return Problem(option, message)
+    if layer == "environment":
+        return f"{option} ({ENV_PREFIX}{field.upper()})"
+    if layer == "job":
+        return f"{option} ({JOB_COMPLETION_INDEX_ENV})"
+    if layer == "file":
+        return f"{option} (config file {str(config_file)!r})"
+    return option
 
 
 # --------------------------------------------------------------------------------------------
@@ -844,23 +982,26 @@ def masked_settings(
     Holds no secret: credentials appear as their mode and the access key's last four
     characters (enough to tell keys apart, too little to use one).
     """
+    protected = settings.protection_origins
     shown: dict[str, Any] = {
-        "targets": [
-            {
-                "project_id": target.project_id,
-                "region": target.region,
-                "endpoint": target.endpoint,
-            }
-            for target in settings.targets
-        ],
+        "targets": [_shown_target(target) for target in settings.targets],
+        # Not run: the flags' target replaced them (the run warns about it too).
+        "dropped_targets": [_shown_target(target) for target in settings.dropped_targets],
         "shard_index": settings.shard_index,
         "shard_count": settings.shard_count,
         "older_than": _maybe(format_duration, settings.older_than),
         "started_before": _maybe(lambda value: value.isoformat(), settings.started_before),
         "states": sorted(status.label for status in settings.states),
         "name_include": list(settings.name_include),
-        "name_exclude": list(settings.name_exclude),
-        "protect_ids": sorted(settings.protect_ids),
+        # Protections accumulate over the layers; each says which layers gave it.
+        "name_exclude": [
+            {"pattern": glob, "from": list(protected.get("name_exclude", {}).get(glob, ()))}
+            for glob in settings.name_exclude
+        ],
+        "protect_ids": [
+            {"id": task_id, "from": list(protected.get("protect_ids", {}).get(task_id, ()))}
+            for task_id in sorted(settings.protect_ids)
+        ],
         "group_id": settings.group_id,
         "rate": settings.rate,
         "concurrency": settings.concurrency,
@@ -891,6 +1032,10 @@ def masked_settings(
         if isinstance(credentials, AkSk):
             shown["access_key"] = "****" + credentials.access_key[-4:]
     return shown
+
+
+def _shown_target(target: Target) -> dict[str, str | None]:
+    return {"project_id": target.project_id, "region": target.region, "endpoint": target.endpoint}
 
 
 def _maybe(convert: Callable[[Any], Any], value: Any) -> Any:

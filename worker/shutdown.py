@@ -1,8 +1,10 @@
-"""Shutdown as a flag: it stops new work; whoever is running decides how to wind down.
+"""The record of why a run stops: signals, the deadline, an answer the run cannot go past.
 
-A first SIGINT/SIGTERM asks for a graceful stop (no new request, in-flight ones get a
-grace period); a second one asks to stop at once. The deadline and a fatal API error stop
-the run the same graceful way. Nothing here exits the process.
+Every stop arrives here and nowhere else, and nothing here exits the process or picks an
+exit code (that is `exit_codes.exit_code`, from the facts at the end). Once any stop is
+recorded `requested` is set: `stopping.StopGate` then admits no new request, the back-off
+sleeps wake, and the schedulers wind down; in-flight requests get a grace period. A second
+SIGINT/SIGTERM sets `immediate`: stop at once.
 """
 
 from __future__ import annotations
@@ -12,32 +14,50 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+from worker.oms.errors import ErrorInfo
+
 DEADLINE = "deadline"
 FATAL = "fatal"
 
 
+@dataclass(frozen=True, slots=True)
+class FatalStop:
+    """What made the run stop on its own: refused credentials, no permission, a listing."""
+
+    target: str
+    message: str
+    error: ErrorInfo | None = None
+
+
 class Shutdown:
-    """Why and how urgently the run should stop; `reason` is None while it should go on."""
+    """Every stop asked for, kept side by side: a later one never hides an earlier one."""
 
     def __init__(self) -> None:
-        self.reason: str | None = None
+        self.signal: str | None = None
+        self.deadline_reached = False
+        self.fatal: FatalStop | None = None
         self.requested = asyncio.Event()
         self.immediate = asyncio.Event()
-
-    def request(self, reason: str) -> None:
-        """Stop taking new work (deadline, fatal error). The first reason given stays."""
-        if self.reason is None:
-            self.reason = reason
-        self.requested.set()
 
     def on_signal(self, name: str) -> None:
         """A first signal stops gracefully; a second one stops at once."""
         if self.signal is not None:
             self.immediate.set()
-        self.reason = name
+        self.signal = name
+        self.requested.set()
+
+    def on_deadline(self) -> None:
+        """The run's time is up."""
+        self.deadline_reached = True
+        self.requested.set()
+
+    def on_fatal(self, stop: FatalStop) -> None:
+        """An answer the run cannot go past; the first one is the one reported."""
+        if self.fatal is None:
+            self.fatal = stop
         self.requested.set()
 
     @property
@@ -45,14 +65,15 @@ class Shutdown:
         return self.requested.is_set()
 
     @property
-    def signal(self) -> str | None:
-        """The signal's name when a signal stopped the run."""
-        return self.reason if self.reason in SIGNAL_EXIT_CODES else None
-
-    @property
-    def signal_exit_code(self) -> int | None:
-        """130 or 143 when a signal stopped the run, else None."""
-        return SIGNAL_EXIT_CODES.get(self.reason or "")
+    def reason(self) -> str | None:
+        """For log events: the signal, else "fatal" or "deadline"; None while running."""
+        if self.signal is not None:
+            return self.signal
+        if self.fatal is not None:
+            return FATAL
+        if self.deadline_reached:
+            return DEADLINE
+        return None
 
 
 @contextmanager

@@ -101,10 +101,6 @@ HTML = b"<!DOCTYPE html><html><body>Please log in to the proxy</body></html>"
         (b'{"tasks": []}', "count: Field required"),
         (b'{"tasks": [], "count": "3"}', "count: Input should be a valid integer"),
         (b'{"tasks": [], "count": -1}', "count: Input should be greater than or equal to 0"),
-        (b'{"tasks": [{"id": "5", "status": 3}], "count": 1}', "tasks.0.id"),
-        (b'{"tasks": [{"id": 5, "status": "3"}], "count": 1}', "tasks.0.status"),
-        (b'{"tasks": [{"id": 5}], "count": 1}', "tasks.0.status: Field required"),
-        (b'{"tasks": [{"id": 5, "status": 3, "start_time": "x"}], "count": 1}', "start_time"),
     ],
 )
 async def test_list_answers_that_do_not_validate_are_malformed(
@@ -120,6 +116,89 @@ async def test_list_answers_that_do_not_validate_are_malformed(
     assert caught.value.request_id == "r-9"
     assert caught.value.http_status == 200
     assert f"{len(body)} bytes" in message
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        (b'{"id": "5", "status": 3}', "id"),
+        (b'{"id": 5, "status": "3"}', "status"),
+        (b'{"id": 5}', "status: Field required"),
+        (b'{"id": 5, "status": 3, "start_time": "x"}', "start_time"),
+        (b'{"id": 5, "status": 3, "name": null}', "name"),
+    ],
+)
+async def test_one_odd_task_does_not_break_its_page(
+    mock_http: aioresponses.aioresponses, harness: Harness, entry: bytes, problem: str
+) -> None:
+    """A task entry that does not validate is set aside; the page and its other tasks stand."""
+    body = b'{"tasks": [{"id": 9, "status": 5}, ' + entry + b'], "count": 2}'
+    mock_http.get(ANY_URL, status=200, body=body)
+    async with _client(harness) as client:
+        page = await client.list_tasks()
+    assert [task.id for task in page.tasks] == [9]
+    (malformed,) = page.malformed
+    assert problem in malformed.problem
+
+
+async def test_a_json_body_under_another_content_type_is_malformed(
+    mock_http: aioresponses.aioresponses, harness: Harness
+) -> None:
+    """A 200 declared text/html is a proxy's page, even when its body parses as a task page."""
+    mock_http.get(ANY_URL, status=200, body=b'{"tasks": [], "count": 0}', content_type="text/html")
+    async with _client(harness) as client:
+        with pytest.raises(MalformedResponse, match="not a JSON content type"):
+            await client.list_tasks()
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"body": b'{"tasks": [{"id": 1, "status": 5}], "cou'},
+        {"body": HTML, "content_type": "text/html"},
+        {"body": b'{"tasks": [], "count": 0}', "content_type": "text/plain"},
+    ],
+    ids=["truncated", "html", "text-plain"],
+)
+async def test_a_broken_2xx_to_a_get_is_retried(
+    mock_http: aioresponses.aioresponses, harness: Harness, broken: dict[str, Any]
+) -> None:
+    """Reading again is safe: a GET's broken 200 is retried like a 5xx, then read."""
+    mock_http.get(ANY_URL, status=200, **broken)
+    mock_http.get(ANY_URL, status=200, payload={"tasks": [{"id": 1, "status": 5}], "count": 1})
+    async with harness.client(BASE, retry=RetryPolicy(max_attempts=2)) as client:
+        page = await client.list_tasks()
+        assert [task.id for task in page.tasks] == [1]
+        assert client.stats.retries == 1
+    assert len(harness.sleep.delays) == 1
+
+
+async def test_a_get_broken_on_every_send_fails_after_the_budget(
+    mock_http: aioresponses.aioresponses, harness: Harness
+) -> None:
+    """Bounded: a GET answered broken every time raises MalformedResponse after max_attempts."""
+    for _ in range(3):
+        mock_http.get(ANY_URL, status=200, body=HTML, content_type="text/html")
+    async with harness.client(BASE, retry=RetryPolicy(max_attempts=3)) as client:
+        with pytest.raises(MalformedResponse):
+            await client.show_task(3)
+        assert client.stats.retries == 2
+    assert len(harness.sleep.delays) == 2
+
+
+@pytest.mark.parametrize("call", ["delete", "stop"])
+async def test_a_broken_2xx_to_a_delete_or_stop_is_not_resent(
+    mock_http: aioresponses.aioresponses, harness: Harness, call: str
+) -> None:
+    """A DELETE or POST may have taken effect: its broken 200 is raised, never re-sent blindly."""
+    method = mock_http.delete if call == "delete" else mock_http.post
+    method(ANY_URL, status=200, body=HTML, content_type="text/html")
+    async with harness.client(BASE, retry=RetryPolicy(max_attempts=3)) as client:
+        run = client.delete_task if call == "delete" else client.stop_task
+        with pytest.raises(MalformedResponse):
+            await run(5)
+        assert client.stats.retries == 0
+    assert harness.sleep.delays == []
 
 
 async def test_malformed_message_quotes_only_a_short_snippet(

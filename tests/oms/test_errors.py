@@ -8,6 +8,7 @@ import pytest
 from multidict import CIMultiDict
 
 from worker.oms.errors import (
+    MAX_RETRY_AFTER,
     AuthFailed,
     ErrorInfo,
     InvalidRequest,
@@ -143,10 +144,14 @@ def test_throttled_carries_retry_after_and_limit(
         ("inf", None),
         ("nan", None),
         ("", None),
+        # Capped where it enters: no consumer is handed a longer wait.
+        ("100000", MAX_RETRY_AFTER),
+        (str(MAX_RETRY_AFTER + 1), MAX_RETRY_AFTER),
+        (str(MAX_RETRY_AFTER), MAX_RETRY_AFTER),
     ],
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
-    """Only finite, non-negative delta-seconds are honoured."""
+    """Only finite, non-negative delta-seconds are honoured, and never above the cap."""
     assert parse_retry_after(value) == expected
 
 

@@ -68,6 +68,10 @@ def test_status_from_name_rejects_unselectable(name: str) -> None:
         (0, None),
         (-5, None),
         (None, None),
+        # Integers no datetime can hold are an unknown age, not a broken task.
+        (253_402_300_800_000, None),  # year 10000
+        (2**63 - 1, None),  # INT64_MAX
+        (10**20, None),
     ],
 )
 def test_start_time_is_epoch_milliseconds_in_utc(
@@ -110,7 +114,6 @@ def test_unknown_keys_are_ignored() -> None:
         ({"start_time": "1700000000000"}, "start_time"),
         ({"start_time": 1.7e12}, "start_time"),
         ({"start_time": True}, "start_time"),
-        ({"start_time": 10**20}, "start_time"),
         ({"group_id": 3}, "group_id"),
     ],
 )
@@ -158,3 +161,52 @@ def test_task_page_shape(page: dict[str, Any], valid: bool) -> None:
     else:
         with pytest.raises(ValidationError):
             TaskPage.model_validate(page)
+
+
+@pytest.mark.parametrize(
+    ("entry", "task_id", "problem"),
+    [
+        ({"id": 7, "status": 5, "name": None}, 7, "name: Input should be a valid string"),
+        ({"id": 7, "status": 5, "name": 12}, 7, "name: Input should be a valid string"),
+        ({"id": 7, "status": "5"}, 7, "status: Input should be a valid integer"),
+        ({"id": 7}, 7, "status: Field required"),
+        ({"id": 7, "status": 5, "start_time": 1.7e12}, 7, "start_time"),
+        ({"id": "7", "status": 5}, None, "id: Input should be a valid integer"),
+        ({"id": True, "status": 5}, None, "id"),
+        ({"id": -3, "status": 5}, None, "id: Value error, task id must be positive"),
+        ({"status": 5}, None, "id: Field required"),
+        (7, None, "Input should be a dictionary"),
+        (None, None, "Input should be a dictionary"),
+        ([1, 2], None, "Input should be a dictionary"),
+    ],
+)
+def test_a_task_that_cannot_be_read_is_set_aside(
+    entry: Any, task_id: int | None, problem: str
+) -> None:
+    """One odd entry becomes a MalformedTask (id when usable); its sound neighbours are read."""
+    page = TaskPage.model_validate(
+        {"tasks": [{"id": 1, "status": 5}, entry, {"id": 2, "status": 4}], "count": 3}
+    )
+    assert [task.id for task in page.tasks] == [1, 2]
+    (malformed,) = page.malformed
+    assert malformed.id == task_id
+    assert problem in malformed.problem
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        {"tasks": {"id": 1, "status": 5}, "count": 1},
+        {"tasks": None, "count": 0},
+        {"count": 0},
+        {"tasks": [], "count": "0"},
+        {"tasks": [], "count": -1},
+        {"tasks": []},
+        [],
+        None,
+    ],
+)
+def test_a_broken_envelope_is_still_a_broken_page(envelope: Any) -> None:
+    """No tasks array, or no sound count: the page itself is refused."""
+    with pytest.raises(ValidationError):
+        TaskPage.model_validate(envelope)

@@ -10,10 +10,12 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import SimulatorFactory
+from pydantic import SecretStr
 from sim_client import sim_client
 
+from worker.oms.auth import AkSk
 from worker.oms.errors import parse_limit
-from worker.simulator.config import DEFAULT_PROJECT_ID
+from worker.simulator.config import DEFAULT_ACCESS_KEY, DEFAULT_PROJECT_ID
 from worker.simulator.faults import (
     NO_FAULTS,
     FaultConfig,
@@ -131,13 +133,17 @@ PAGE = {"tasks": [{"id": 123456789012345, "status": 5, "name": "x"}], "count": 7
 
 @pytest.mark.parametrize("malformation", list(Malformation))
 def test_each_malformation_breaks_the_page(malformation: Malformation) -> None:
-    """HTML 502, truncated JSON, or a value of the wrong JSON type; the input is untouched."""
+    """HTML 502 or 200, truncated JSON, or a value of the wrong JSON type; input untouched."""
     original = json.loads(json.dumps(PAGE))
     status, content_type, body = malformed_list_answer(malformation, PAGE, random.Random(1))
     assert original == PAGE
     if malformation is Malformation.HTML_PAGE:
         assert (status, content_type) == (502, "text/html")
         assert body.startswith(b"<html>")
+        return
+    if malformation is Malformation.HTML_200:
+        assert (status, content_type) == (200, "text/html")
+        assert b"<html>" in body
         return
     assert (status, content_type) == (200, "application/json")
     if malformation is Malformation.TRUNCATED_JSON:
@@ -338,3 +344,77 @@ def test_throttle_message_states_the_limit_or_not(stated: bool, limit: float | N
     message = throttle_message(50, stated=stated)
     assert message.startswith("The throttling threshold has been reached")
     assert parse_limit(message) == limit
+
+
+async def test_revoked_credentials_are_refused_after_n_requests(
+    make_simulator: SimulatorFactory,
+) -> None:
+    """credentials_revoked_after=2: two accepted requests, then 401 APIG.0301 for every one."""
+    sim = await make_simulator(faults=FaultConfig(credentials_revoked_after=2))
+    async with sim_client(sim) as client:
+        answers = [await client.list(limit=1) for _ in range(4)]
+    assert [a.status for a in answers] == [200, 200, 401, 401]
+    assert {a.error_code for a in answers[2:]} == {"APIG.0301"}
+    state = sim.state.snapshot()
+    assert state["rejected"]["auth"] == 2
+    assert state["auth_refused_by_project"] == {DEFAULT_PROJECT_ID: 2}
+
+
+async def test_a_key_failing_repeatedly_is_locked(make_simulator: SimulatorFactory) -> None:
+    """More than key_lockout_after failures in a row lock the AK: even a good signature fails."""
+    sim = await make_simulator(faults=FaultConfig(key_lockout_after=5))
+    wrong = AkSk(access_key=DEFAULT_ACCESS_KEY, secret_key=SecretStr("SK-wrong-0000000001"))
+    async with sim_client(sim) as client:
+
+        async def wrongly() -> int:
+            answer = await client.request("GET", client.tasks_path(), credentials=wrong)
+            return answer.status
+
+        assert [await wrongly() for _ in range(5)] == [401] * 5
+        assert (await client.list(limit=1)).status == 200  # five failures: not yet locked
+        assert [await wrongly() for _ in range(6)] == [401] * 6
+        locked = await client.list(limit=1)
+    assert locked.status == 401
+    assert b"locked" in locked.body
+    assert sim.state.snapshot()["locked_keys"] == [DEFAULT_ACCESS_KEY]
+
+
+async def test_a_stated_retry_after_replaces_the_windows_wait(
+    make_simulator: SimulatorFactory,
+) -> None:
+    """retry_after_seconds: every 429 says that, however soon the window frees."""
+    clock = FakeMonotonic()
+    handle = await make_simulator(
+        faults=FaultConfig(rate_limit=1, retry_after_seconds=100_000), monotonic=clock
+    )
+    async with sim_client(handle) as client:
+        assert (await client.list()).status == 200
+        throttled = await client.list()
+    assert throttled.status == 429
+    assert throttled.headers["Retry-After"] == "100000"
+
+
+async def test_another_deleter_removes_passed_tasks_after_each_page(
+    make_simulator: SimulatorFactory,
+) -> None:
+    """After each list page it deletes tasks at offsets already read, up to its budget."""
+    handle = await make_simulator(
+        tasks_per_project=50,
+        faults=FaultConfig(
+            other_deleter_per_page=3, other_deleter_states=frozenset({5}), other_deleter_budget=5
+        ),
+    )
+    async with sim_client(handle) as client:
+        first = (await client.list(limit=10, offset=0)).json()
+        second = (await client.list(limit=10, offset=10)).json()
+        third = (await client.list(limit=10, offset=20)).json()
+        state = await client.sim_state()
+    gone = [record["task_id"] for record in state["other_deletions"]]
+    assert len(gone) == 5  # 3, then the 2 left of the budget, then none
+    first_ids = [task["id"] for task in first["tasks"]]
+    succeeded_first = [task["id"] for task in first["tasks"] if task["status"] == 5]
+    assert gone[:3] == succeeded_first[:3]
+    assert set(gone) <= set(first_ids) | {task["id"] for task in second["tasks"]}
+    assert (first["count"], second["count"], third["count"]) == (50, 47, 45)
+    assert state["deletions"] == []  # not a client's deletion
+    assert state["remaining"][DEFAULT_PROJECT_ID]["total"] == 45

@@ -156,3 +156,40 @@ def test_failed_tasks_say_why_and_finished_ones_are_complete() -> None:
             assert task["error_reason"]["error_code"] == ""
         if task["status"] == 5:
             assert task["progress"] == 1.0
+
+
+def _odd_kind(task: dict[str, Any], *, now_ms: int) -> str | None:
+    if not isinstance(task["name"], str):
+        return "name_null" if task["name"] is None else "name_number"
+    start = task.get("start_time") or 0
+    if start in (253_402_300_800_000, 2**63 - 1):
+        return str(start)
+    if 0 < start < 10**12:
+        # Seconds, not milliseconds, of a task started in the last two days.
+        assert now_ms // 1000 - 2 * 86_400 <= start <= now_ms // 1000
+        return "seconds"
+    return None
+
+
+def test_odd_tasks_cycle_through_their_kinds() -> None:
+    """odd_share makes finished tasks odd in each way in turn, and only finished ones."""
+    now_ms = int(NOW.timestamp() * 1000)
+    odd = generate_tasks(
+        project_id="p", count=400, seed=5, now=NOW, config=PopulationConfig(odd_share=0.2)
+    )
+    kinds: Counter[str] = Counter()
+    for task in odd:
+        kind = _odd_kind(task, now_ms=now_ms)
+        if kind is not None:
+            assert task["status"] in (3, 4, 5)
+            kinds[kind] += 1
+    assert len(kinds) == 5
+    assert max(kinds.values()) - min(kinds.values()) <= 1
+    assert 40 <= sum(kinds.values()) <= 100
+
+
+def test_no_odd_share_draws_nothing_extra() -> None:
+    """With odd_share 0 (the default) no task is odd."""
+    now_ms = int(NOW.timestamp() * 1000)
+    tasks = generate_tasks(project_id="p", count=400, seed=5, now=NOW, config=PopulationConfig())
+    assert [task for task in tasks if _odd_kind(task, now_ms=now_ms)] == []

@@ -94,7 +94,8 @@ class RequestKind(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class RequestStats:
-    """Sends so far (retries included, each counted under its kind), retries and 429s."""
+    """Sends so far, each counted under its kind (our retries and aiohttp's own re-sends on a
+    stale pooled connection included), our retries, and 429s."""
 
     list: int = 0
     show: int = 0
@@ -196,13 +197,14 @@ class OmsClient:
         connector = aiohttp.TCPConnector(limit=cfg.max_connections, ssl=self._ssl_context())
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(total=cfg.total_timeout, connect=cfg.connect_timeout),
+            # The total limit is armed per send, after the rate limiter (see _pace_and_count).
+            timeout=aiohttp.ClientTimeout(total=None, connect=cfg.connect_timeout),
             headers={
                 hdrs.CONTENT_TYPE: "application/json",
                 "X-Project-Id": cfg.project_id,
                 hdrs.USER_AGENT: cfg.user_agent,
             },
-            middlewares=(self._authenticate,),
+            middlewares=(self._authenticate,),  # each send also gets _pace_and_count
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
         )
@@ -244,8 +246,13 @@ class OmsClient:
         if task_name is not None:
             query.append(("task_name", task_name))
         path = self._path("/tasks")
-        answer = await self._call(RequestKind.LIST, "GET", path, query)
-        return self._parse(_TASK_PAGE, answer, method="GET", path=path)
+        return await self._call(
+            RequestKind.LIST,
+            "GET",
+            path,
+            query,
+            read=lambda answer: self._parse(_TASK_PAGE, answer, method="GET", path=path),
+        )
 
     async def iter_pages(
         self,
@@ -257,7 +264,8 @@ class OmsClient:
     ) -> AsyncIterator[TaskPage]:
         """Every page matching the filter, the way the Terraform provider pages.
 
-        offset += len(tasks); stop on a short or empty page or once offset reaches `count`.
+        offset += entries on the page (malformed ones included); stop on a short or empty page
+        or once offset reaches `count`.
         Offsets shift when tasks are deleted between page reads; a caller that deletes while
         iterating must account for that (the run lists everything before deleting).
         """
@@ -273,9 +281,10 @@ class OmsClient:
                 task_name=task_name,
             )
             yield page
-            offset += len(page.tasks)
+            # Entries set aside as malformed held their place on the page like any other.
+            offset += page.size
             # An empty page also ends the loop, so a server whose `count` lies cannot spin us.
-            if len(page.tasks) < page_size or offset >= page.count:
+            if page.size < page_size or offset >= page.count:
                 return
 
     async def iter_tasks(
@@ -296,8 +305,13 @@ class OmsClient:
     async def show_task(self, task_id: int) -> Task:
         """`GET /v2/{project_id}/tasks/{task_id}`."""
         path = self._path(f"/tasks/{_checked_id(task_id)}")
-        answer = await self._call(RequestKind.SHOW, "GET", path, [])
-        return self._parse(_TASK, answer, method="GET", path=path)
+        return await self._call(
+            RequestKind.SHOW,
+            "GET",
+            path,
+            [],
+            read=lambda answer: self._parse(_TASK, answer, method="GET", path=path),
+        )
 
     async def delete_task(self, task_id: int) -> None:
         """`DELETE /v2/{project_id}/tasks/{task_id}`.
@@ -309,8 +323,13 @@ class OmsClient:
         count that as done, not as a failure.
         """
         path = self._path(f"/tasks/{_checked_id(task_id)}")
-        answer = await self._call(RequestKind.DELETE, "DELETE", path, [])
-        self._check_empty(answer, method="DELETE", path=path)
+        await self._call(
+            RequestKind.DELETE,
+            "DELETE",
+            path,
+            [],
+            read=lambda answer: self._check_empty(answer, method="DELETE", path=path),
+        )
 
     async def stop_task(self, task_id: int) -> None:
         """`POST /v2/{project_id}/tasks/{task_id}/stop`.
@@ -319,8 +338,13 @@ class OmsClient:
         harmless, the second answer is at worst TaskNotMigrating (OMS.0066).
         """
         path = self._path(f"/tasks/{_checked_id(task_id)}/stop")
-        answer = await self._call(RequestKind.STOP, "POST", path, [])
-        self._check_empty(answer, method="POST", path=path)
+        await self._call(
+            RequestKind.STOP,
+            "POST",
+            path,
+            [],
+            read=lambda answer: self._check_empty(answer, method="POST", path=path),
+        )
 
     # -- sending ------------------------------------------------------------------------
 
@@ -337,12 +361,20 @@ class OmsClient:
         return yarl.URL(f"{url}?{signing.canonical_query(query)}", encoded=True)
 
     async def _call(
-        self, kind: RequestKind, method: str, path: str, query: list[tuple[str, str]]
-    ) -> _Answer:
-        """Send until a 2xx, a permanent error, or the retry budget is spent.
+        self,
+        kind: RequestKind,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]],
+        *,
+        read: Callable[[_Answer], _T],
+    ) -> _T:
+        """Send until `read` accepts a 2xx, a permanent error, or the retry budget is spent.
 
-        The gate is passed once per send of ours; aiohttp's own re-send on a stale pooled
-        connection (see delete_task) happens below it and is neither gated nor counted.
+        A GET's 2xx that `read` refuses (cut short, an HTML page, the wrong content type) is
+        a glitch on the way, like a 5xx: reading again is safe, so it is retried. A DELETE or
+        POST whose 2xx body is broken is not: it may have taken effect, and a blind re-send
+        would hide that; it is raised for the caller to report.
         """
         session = self._session
         if session is None:
@@ -351,15 +383,12 @@ class OmsClient:
         attempt = 0
         while True:
             attempt += 1
-            if self._gate is not None:
-                await self._gate.acquire()
-            self._counts[kind] += 1
             if attempt > 1:
                 self._counts["retries"] += 1
             try:
-                return await self._send(session, method, path, query)
+                return read(await self._send(session, kind, method, path, query))
             except OmsError as error:
-                if not error.retryable or not policy.should_retry(attempt):
+                if not _retryable(error, method=method) or not policy.should_retry(attempt):
                     raise
                 retry_after = error.retry_after if isinstance(error, Throttled) else None
                 delay = policy.delay(attempt, rng=self._rng, retry_after=retry_after)
@@ -378,23 +407,34 @@ class OmsClient:
     async def _send(
         self,
         session: aiohttp.ClientSession,
+        kind: RequestKind,
         method: str,
         path: str,
         query: list[tuple[str, str]],
     ) -> _Answer:
-        """One send: the answer when 2xx, else the typed error for it."""
+        """One send of ours: the answer when 2xx, else the typed error for it.
+
+        The request's time limit is armed by `_pace_and_count` once the gate lets it go, so
+        waiting for the rate limiter never counts as the request timing out.
+        """
         try:
-            # Redirects are not followed: aiohttp would carry X-Auth-Token to the new host.
-            async with session.request(
-                method, self._url(path, query), allow_redirects=False
-            ) as response:
-                body = await response.read()
-                answer = _Answer(
-                    status=response.status,
-                    headers=response.headers,
-                    body=body,
-                    content_type=response.content_type,
-                )
+            async with asyncio.timeout(None) as limit:
+                # Redirects are not followed: aiohttp would carry X-Auth-Token to the new host.
+                async with session.request(
+                    method,
+                    self._url(path, query),
+                    allow_redirects=False,
+                    middlewares=(self._pace_and_count(kind, limit), self._authenticate),
+                ) as response:
+                    body = await response.read()
+                    answer = _Answer(
+                        status=response.status,
+                        headers=response.headers,
+                        body=body,
+                        content_type=response.content_type
+                        if hdrs.CONTENT_TYPE in response.headers
+                        else "",
+                    )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransportError(
                 ErrorInfo(method=method, path=path, error_msg=_describe_transport(exc))
@@ -415,6 +455,27 @@ class OmsClient:
             if self._gate is not None:
                 self._gate.on_throttled(error)
         raise error
+
+    def _pace_and_count(
+        self, kind: RequestKind, limit: asyncio.Timeout
+    ) -> aiohttp.ClientMiddlewareType:
+        """The middleware every send of one call passes, aiohttp's own re-sends included.
+
+        aiohttp re-sends an idempotent request once when a pooled keep-alive connection turns
+        out closed, below `_call`: only here does that second send meet the gate and the count.
+        Whatever the gate raises (a stop, say) leaves unchanged: nothing is sent then.
+        """
+
+        async def pace_and_count(
+            request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+        ) -> aiohttp.ClientResponse:
+            if self._gate is not None:
+                await self._gate.acquire()
+            self._counts[kind] += 1
+            limit.reschedule(asyncio.get_running_loop().time() + self._config.total_timeout)
+            return await handler(request)
+
+        return pace_and_count
 
     async def _authenticate(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
@@ -445,6 +506,11 @@ class OmsClient:
     def _parse(
         self, shape: pydantic.TypeAdapter[_T], answer: _Answer, *, method: str, path: str
     ) -> _T:
+        if answer.content_type and not _is_json(answer.content_type):
+            # A captive portal or proxy page, whatever its body happens to parse as.
+            raise self._malformed(
+                answer, method=method, path=path, problem="not a JSON content type"
+            )
         try:
             return shape.validate_json(answer.body)
         except pydantic.ValidationError as exc:
@@ -479,7 +545,7 @@ class OmsClient:
                 path=path,
                 http_status=answer.status,
                 error_msg=(
-                    f"unexpected answer ({problem}); body {answer.content_type}, "
+                    f"unexpected answer ({problem}); body {answer.content_type or 'untyped'}, "
                     f"{len(answer.body)} bytes, starts {snippet!r}"
                 ),
                 request_id=answer.headers.get("X-Request-Id"),
@@ -501,6 +567,22 @@ class OmsClient:
             return ssl.create_default_context(cafile=str(bundle))
         except (OSError, ssl.SSLError) as exc:
             raise ValueError(f"cannot load CA bundle {bundle}: {exc}") from None
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
+def _retryable(error: OmsError, *, method: str) -> bool:
+    """Transient errors, and a GET's broken 2xx (reading again changes nothing on OMS)."""
+    if error.retryable:
+        return True
+    return (
+        method == "GET"
+        and isinstance(error, MalformedResponse)
+        and error.http_status is not None
+        and 200 <= error.http_status < 300
+    )
 
 
 def _checked_id(task_id: int) -> int:

@@ -22,6 +22,10 @@ NO_PERMISSION = "OMS.0206"
 AUTH_FAILED = "APIG.0301"
 THROTTLED = "APIG.0308"
 
+# The longest wait any Retry-After may impose, in the client's back-off and in the rate limiter
+# alike: a hostile or buggy header ("Retry-After: 100000") must cost a minute, not the run.
+MAX_RETRY_AFTER = 60.0
+
 _LIMIT_RE = re.compile(r"limit:\s*(\d+)\s*,\s*time:\s*(\d+)\s*(second|minute|hour)", re.I)
 _PERIOD_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
 
@@ -156,14 +160,20 @@ def parse_error_body(body: bytes) -> tuple[str | None, str | None, str | None]:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds form only); None when absent or bad."""
+    """Seconds from a `Retry-After` header (delta-seconds form only); None when absent or bad.
+
+    Capped at MAX_RETRY_AFTER here, where the value enters, so that no consumer (the client's
+    back-off, the limiter's pause) can be handed a longer wait.
+    """
     if value is None:
         return None
     try:
         seconds = float(value.strip())
     except ValueError:
         return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER)
 
 
 def parse_limit(message: str | None) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -14,7 +15,9 @@ from pydantic import (
     Field,
     StrictInt,
     TypeAdapter,
+    ValidationError,
     field_validator,
+    model_validator,
 )
 
 
@@ -84,7 +87,9 @@ def _epoch_millis_to_datetime(value: Any) -> datetime | None:
     try:
         return datetime.fromtimestamp(value / 1000, tz=UTC)
     except (OverflowError, OSError, ValueError):
-        raise ValueError("start_time is outside the representable range") from None
+        # An integer past year 9999 (INT64_MAX, say) is a time, just not a believable one:
+        # an unknown age (kept), not a reason to refuse the task or the page it came on.
+        return None
 
 
 @pydantic.dataclasses.dataclass(frozen=True, slots=True, config=ConfigDict(extra="ignore"))
@@ -130,10 +135,68 @@ class Task:
 _TASK: TypeAdapter[Task] = TypeAdapter(Task)
 
 
+@dataclass(frozen=True, slots=True)
+class MalformedTask:
+    """An entry of a page's `tasks` that is not a task this client can understand.
+
+    It is kept (never judged, never deleted) and reported; `id` is its id when the entry has
+    a usable one, so a person can look at it.
+    """
+
+    id: int | None
+    problem: str
+
+
 class TaskPage(BaseModel):
-    """One page of `GET /v2/{project_id}/tasks`."""
+    """One page of `GET /v2/{project_id}/tasks`.
+
+    The envelope (a JSON object with a `tasks` array and an integer `count`) must be sound,
+    or the page is refused. Each entry of `tasks` is read on its own: one that does not
+    validate lands in `malformed` instead of breaking the page, so a single odd task cannot
+    stop every run.
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     tasks: list[Task]
     count: StrictInt = Field(ge=0)
+    malformed: list[MalformedTask] = Field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        """Entries on the page, read or not: what the next page's offset moves by."""
+        return len(self.tasks) + len(self.malformed)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _set_aside_malformed_tasks(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+            return data  # the envelope's own validation refuses it
+        tasks: list[Task] = []
+        malformed: list[MalformedTask] = []
+        for entry in data["tasks"]:
+            if isinstance(entry, Task):
+                tasks.append(entry)
+                continue
+            try:
+                tasks.append(_TASK.validate_python(entry))
+            except ValidationError as exc:
+                malformed.append(MalformedTask(id=_usable_id(entry), problem=_problems(exc)))
+        return {**data, "tasks": tasks, "malformed": malformed}
+
+
+def _usable_id(entry: object) -> int | None:
+    if not isinstance(entry, dict):
+        return None
+    value = entry.get("id")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return None
+    return value
+
+
+def _problems(exc: ValidationError) -> str:
+    """What is wrong, by field, without the values (a task's name is the user's text)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in err['loc']) or 'task'}: {err['msg']}"
+        for err in exc.errors(include_url=False, include_input=False)[:3]
+    )

@@ -6,6 +6,8 @@ import math
 import random
 from dataclasses import dataclass
 
+from worker.oms.errors import MAX_RETRY_AFTER
+
 # 2**64 times any sane base delay is far past every cap; bounding the exponent keeps the
 # arithmetic finite however many attempts a caller asks about.
 _MAX_EXPONENT = 64
@@ -21,7 +23,7 @@ class RetryPolicy:
     max_attempts: int = 5
     base_delay: float = 0.5
     max_delay: float = 30.0
-    max_retry_after: float = 60.0
+    max_retry_after: float = MAX_RETRY_AFTER
 
     def __post_init__(self) -> None:
         if isinstance(self.max_attempts, bool) or self.max_attempts < 1:

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -142,15 +142,32 @@ class _Api:
             if status_raw is None
             else _int_param(status_raw, "status", default=0, low=_MIN_STATUS, high=_MAX_STATUS)
         )
+        group_id = query.get("group_id") or None
+        task_name = query.get("task_name") or None
         tasks, count = self.state.list_tasks(
             project_id,
             offset=offset,
             limit=limit,
             status=status,
-            group_id=query.get("group_id") or None,
-            task_name=query.get("task_name") or None,
+            group_id=group_id,
+            task_name=task_name,
         )
-        return _Page(project_id, tasks, count)
+        # Tasks deleted below stay in this answer: it was read before they went.
+        page = _Page(project_id, tasks, count)
+        faults = self.config.faults
+        if faults.other_deleter_per_page > 0:
+            # After this page is answered someone else deletes tasks this listing has passed.
+            self.state.delete_behind(
+                project_id,
+                before=offset + len(tasks),
+                count=faults.other_deleter_per_page,
+                states=faults.other_deleter_states,
+                budget=faults.other_deleter_budget,
+                status=status,
+                group_id=group_id,
+                task_name=task_name,
+            )
+        return page
 
     def _show(self, request: web.Request, project_id: str, by: str) -> bytes:
         task = self.state.show_task(project_id, _task_id(request))
@@ -175,12 +192,35 @@ class _Api:
         kind: str,
         call: Callable[[web.Request, str, str], _Page | bytes | None],
     ) -> web.StreamResponse:
+        state = self.state
+        project_id = request.match_info["project_id"]
+        state.in_flight += 1
+        state.in_flight_by_project[project_id] += 1
+        state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
+        state.peak_in_flight_by_project[project_id] = max(
+            state.peak_in_flight_by_project[project_id], state.in_flight_by_project[project_id]
+        )
+        try:
+            return await self._serve_counted(request, kind, call)
+        finally:
+            state.in_flight -= 1
+            state.in_flight_by_project[project_id] -= 1
+
+    async def _serve_counted(
+        self,
+        request: web.Request,
+        kind: str,
+        call: Callable[[web.Request, str, str], _Page | bytes | None],
+    ) -> web.StreamResponse:
         request_id = request[_REQUEST_ID_KEY]
         state = self.state
         try:
             by = self._authenticate(request, await request.read())
         except ApiRefusal as refusal:
             state.rejected["auth"] += 1
+            state.auth_refused_by_project[request.match_info["project_id"]] += 1
+            if state.in_flight_at_first_auth_refusal is None:
+                state.in_flight_at_first_auth_refusal = state.in_flight
             return _error(refusal.status, refusal.code, refusal.message, request_id)
 
         if self.window is not None:
@@ -193,8 +233,12 @@ class _Api:
                     throttle_message(self.window.limit, stated=self.config.faults.state_limit),
                     request_id,
                 )
-                if self.config.faults.retry_after:
-                    response.headers["Retry-After"] = retry_after_header(wait)
+                faults = self.config.faults
+                if faults.retry_after:
+                    stated = faults.retry_after_seconds
+                    response.headers["Retry-After"] = (
+                        retry_after_header(wait) if stated is None else str(stated)
+                    )
                 return response
 
         plan = self.faults.plan(is_list=kind == "list")
@@ -207,6 +251,10 @@ class _Api:
         if not state.hosts(project_id):
             state.rejected["forbidden"] += 1
             message = "You do not have permission to use OMS in this project."
+            return _error(403, NO_PERMISSION, message, request_id)
+        if kind in ("delete", "stop") and project_id in self.config.faults.read_only_projects:
+            state.rejected["forbidden"] += 1
+            message = "You do not have permission to perform this operation in this project."
             return _error(403, NO_PERMISSION, message, request_id)
 
         state.requests[kind] += 1
@@ -274,6 +322,32 @@ class _Api:
         parsed = signing.parse_authorization(authorization)
         if parsed is None:
             raise _auth_failed("the Authorization header is not SDK-HMAC-SHA256.")
+        locked = self.state.locked_until.get(parsed.access_key)
+        if locked is not None and self.state.now() < locked:
+            raise _auth_failed("the access key is locked after repeated failures.")
+        try:
+            principal = self._verify_ak_sk(request, parsed, body)
+        except ApiRefusal:
+            self._count_key_failure(parsed.access_key)
+            raise
+        self.state.key_failures.pop(parsed.access_key, None)
+        return principal
+
+    def _count_key_failure(self, access_key: str) -> None:
+        faults = self.config.faults
+        failures = self.state.key_failures
+        failures[access_key] += 1
+        if faults.key_lockout_after is not None and failures[access_key] > faults.key_lockout_after:
+            self.state.locked_until[access_key] = self.state.now() + timedelta(
+                seconds=faults.key_lockout_seconds
+            )
+
+    def _verify_ak_sk(
+        self, request: web.Request, parsed: signing.ParsedAuthorization, body: bytes
+    ) -> str:
+        """The access key of a request signed with a known, valid, unrevoked AK/SK."""
+        credentials = self.config.credentials
+        headers = request.headers
         key = credentials.key(parsed.access_key)
         if key is None:
             raise _auth_failed("the access key does not exist.")
@@ -311,6 +385,11 @@ class _Api:
             or not hmac.compare_digest(sent_token.encode(), key.security_token.encode())
         ):
             raise _auth_failed("the security token is missing, unsigned or invalid.")
+        revoked_after = self.config.faults.credentials_revoked_after
+        if revoked_after is not None:
+            if self.state.access_key_uses >= revoked_after:
+                raise _auth_failed("the access key does not exist.")
+            self.state.access_key_uses += 1
         return key.access_key
 
     async def sim_state(self, request: web.Request) -> web.Response:

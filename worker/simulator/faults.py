@@ -17,6 +17,16 @@ from dataclasses import dataclass
 from typing import Any
 
 
+class Malformation(enum.Enum):
+    """Ways a list answer can be broken."""
+
+    HTML_PAGE = "html_page"
+    # A captive portal or proxy answering 200 with its own page.
+    HTML_200 = "html_200"
+    TRUNCATED_JSON = "truncated_json"
+    WRONG_TYPES = "wrong_types"
+
+
 @dataclass(frozen=True, slots=True)
 class FaultConfig:
     """Knobs for injected faults; the defaults inject nothing."""
@@ -37,18 +47,31 @@ class FaultConfig:
     drop_after_processing: bool = False
     slow_rate: float = 0.0
     slow_seconds: float = 5.0
-    # Share of list answers that are broken (HTML 502, truncated JSON, wrong types).
+    # Share of list answers that are broken (HTML 502, HTML 200, truncated JSON, wrong types).
     malformed_rate: float = 0.0
+    # The ways a malformed answer is broken, drawn evenly.
+    malformations: tuple[Malformation, ...] = tuple(Malformation)
+    # When set, every 429 states this `Retry-After` (seconds) instead of the window's own
+    # wait: a gateway bug or a hostile middlebox ("Retry-After: 100000").
+    retry_after_seconds: int | None = None
+    # Another actor cleaning up while we list: after each list page it deletes this many
+    # tasks (in `other_deleter_states`) at offsets the page already passed, so every later
+    # page shifts. `other_deleter_budget` bounds how many it deletes in all (None: no bound).
+    other_deleter_per_page: int = 0
+    other_deleter_states: frozenset[int] = frozenset({3, 4, 5})
+    other_deleter_budget: int | None = None
     # Requests an IAM token is accepted for before it expires; None for never.
     token_expires_after: int | None = None
-
-
-class Malformation(enum.Enum):
-    """Ways a list answer can be broken."""
-
-    HTML_PAGE = "html_page"
-    TRUNCATED_JSON = "truncated_json"
-    WRONG_TYPES = "wrong_types"
+    # Requests an AK/SK is accepted for before it is revoked (deleted in IAM): every later
+    # request signed with it is answered 401 APIG.0301; None for never.
+    credentials_revoked_after: int | None = None
+    # Projects where the key may list but not change tasks: every DELETE and stop there is
+    # answered 403 OMS.0206 (an IAM policy granting read-only OMS access).
+    read_only_projects: tuple[str, ...] = ()
+    # The gateway locks an AK/SK after more than this many consecutive failed requests, for
+    # `key_lockout_seconds` of the state clock (5 and 5 min per the API notes); None: never.
+    key_lockout_after: int | None = None
+    key_lockout_seconds: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +120,7 @@ class FaultInjector:
         jitter = (r.random() * 2 - 1) * c.jitter_ms
         drop, error, slow, malformed = r.random(), r.random(), r.random(), r.random()
         error_status = r.choice(_SERVER_ERRORS)
-        malformation = r.choice(list(Malformation))
+        malformation = r.choice(c.malformations)
         return FaultPlan(
             delay_seconds=max(0.0, c.latency_ms + jitter) / 1000,
             drop=drop < c.drop_rate,
@@ -151,12 +174,20 @@ _HTML_502 = (
 )
 
 
+_HTML_LOGIN = (
+    b"<!DOCTYPE html>\r\n<html><head><title>Sign in</title></head>\r\n"
+    b'<body><form action="/login">Please sign in to continue.</form></body></html>\r\n'
+)
+
+
 def malformed_list_answer(
     malformation: Malformation, page: dict[str, Any], rng: random.Random
 ) -> tuple[int, str, bytes]:
     """(status, content type, body) of a broken answer to a list call."""
     if malformation is Malformation.HTML_PAGE:
         return 502, "text/html", _HTML_502
+    if malformation is Malformation.HTML_200:
+        return 200, "text/html", _HTML_LOGIN
     if malformation is Malformation.TRUNCATED_JSON:
         body = json.dumps(page, ensure_ascii=False).encode()
         return 200, "application/json", body[: max(1, len(body) // 2)]

@@ -9,6 +9,7 @@ to exercise clients that must tolerate missing keys.
 from __future__ import annotations
 
 import bisect
+import enum
 import itertools
 import random
 import uuid
@@ -70,6 +71,30 @@ _TASK_TYPES = ("object", "prefix", "list", "url_list")
 _TASK_TYPE_CUMULATIVE = (6, 9, 11, 12)
 
 
+class OddTask(enum.Enum):
+    """Task objects a careless or buggy producer might send; clients must survive each."""
+
+    YEAR_10000 = "year_10000"  # start_time 253402300800000: past what a datetime holds
+    INT64_MAX = "int64_max"  # start_time 2**63 - 1
+    SECONDS = "seconds"  # start_time in seconds, not milliseconds, of a task 0-2 days old
+    NAME_NULL = "name_null"
+    NAME_NUMBER = "name_number"
+
+
+def make_odd(task: dict[str, Any], kind: OddTask, *, now_ms: int, rng: random.Random) -> None:
+    """Turn one generated task into the odd kind, in place."""
+    if kind is OddTask.YEAR_10000:
+        task["start_time"] = 253_402_300_800_000
+    elif kind is OddTask.INT64_MAX:
+        task["start_time"] = 2**63 - 1
+    elif kind is OddTask.SECONDS:
+        task["start_time"] = (now_ms - _between(rng, 0, 2 * 86_400_000)) // 1000
+    elif kind is OddTask.NAME_NULL:
+        task["name"] = None
+    else:
+        task["name"] = _between(rng, 1, 10**6)
+
+
 @dataclass(frozen=True, slots=True)
 class PopulationConfig:
     """The mix of a generated population; every share is a fraction of all tasks."""
@@ -85,6 +110,10 @@ class PopulationConfig:
     group_count: int = 5
     sync_share: float = 0.1
     unicode_name_share: float = 0.05
+    # Share of finished tasks made odd, cycling through `odd_kinds` (0 draws nothing extra,
+    # so default populations stay as they were).
+    odd_share: float = 0.0
+    odd_kinds: tuple[OddTask, ...] = tuple(OddTask)
 
 
 def generate_tasks(
@@ -102,13 +131,18 @@ def generate_tasks(
     now_ms = int(now.timestamp() * 1000)
     seen: set[int] = set()
     tasks = []
+    odd = 0
     for _ in range(count):
         task_id = rng.randrange(10**14, 10**15)
         while task_id in seen:
             task_id = rng.randrange(10**14, 10**15)
         seen.add(task_id)
         status = _weighted(rng, codes, cumulative)
-        tasks.append(_task(rng, task_id, status, now_ms, config, groups, sync_groups))
+        task = _task(rng, task_id, status, now_ms, config, groups, sync_groups)
+        if config.odd_share > 0 and status in (3, 4, 5) and rng.random() < config.odd_share:
+            make_odd(task, config.odd_kinds[odd % len(config.odd_kinds)], now_ms=now_ms, rng=rng)
+            odd += 1
+        tasks.append(task)
     return tasks
 
 

@@ -34,6 +34,9 @@ INVALID_PARAMETERS = "OMS.0064"
 NOT_MIGRATING = "OMS.0066"
 NOT_FOUND = "OMS.1009"
 
+# Who the `other_deleter_*` faults delete as, in `other_deletions`.
+OTHER_ACTOR = "another-actor"
+
 _FINISH = "finish"
 _PAUSED = "paused"
 # What a person does to a task after a client listed it (see ChangeConfig).
@@ -147,7 +150,7 @@ class ProjectTasks:
             task
             for task in (self.tasks[key[1]] for key in source)
             if (not group_id or task["group_id"] == group_id)
-            and (needle is None or needle in task["name"].casefold())
+            and (needle is None or needle in str(task["name"] or "").casefold())
         ]
         return matching[offset : offset + limit], len(matching)
 
@@ -230,6 +233,8 @@ class SimulatorState:
         self.deletions: list[ActionRecord] = []
         self.stops: list[ActionRecord] = []
         self.refused_deletes: list[RefusedDelete] = []
+        # Deletions by another actor (the `other_deleter_*` faults), not by any client.
+        self.other_deletions: list[ActionRecord] = []
         self.requests: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.iam_token_uses = 0
@@ -238,6 +243,20 @@ class SimulatorState:
         self.changes: list[ChangeRecord] = []
         self._retries_due = {key for key, kind in self.planned_changes.items() if kind == RETRIED}
         self._changes_scheduled = False
+        self.access_key_uses = 0
+        # Consecutive failed requests per access key, and keys locked until a moment.
+        self.key_failures: Counter[str] = Counter()
+        self.locked_until: dict[str, datetime] = {}
+        # API requests being served right now, the most at once, and how many were being
+        # served when the first 401 went out (it included): the requests a client that
+        # stops at its first 401 can still have met it with.
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.in_flight_at_first_auth_refusal: int | None = None
+        # The same per project (of the request's path), and the 401s each project's got.
+        self.in_flight_by_project: Counter[str] = Counter()
+        self.peak_in_flight_by_project: Counter[str] = Counter()
+        self.auth_refused_by_project: Counter[str] = Counter()
         self._schedule_initial()
 
     def _plan_changes(self) -> dict[tuple[str, int], str]:
@@ -407,6 +426,36 @@ class SimulatorState:
         self._runtime.pop((project_id, task_id), None)
         self.deletions.append(ActionRecord(task_id, project_id, by, now))
 
+    def delete_behind(
+        self,
+        project_id: str,
+        *,
+        before: int,
+        count: int,
+        states: frozenset[int],
+        budget: int | None,
+        status: int | None = None,
+        group_id: str | None = None,
+        task_name: str | None = None,
+    ) -> int:
+        """Another actor deletes up to `count` tasks in `states` among the first `before` of
+        this listing's order (so every later offset shifts); returns how many it deleted."""
+        if budget is not None:
+            count = min(count, budget - len(self.other_deletions))
+        if count <= 0:
+            return 0
+        now = self.advance()
+        project = self.projects[project_id]
+        passed, _ = project.page(
+            offset=0, limit=before, status=status, group_id=group_id, task_name=task_name
+        )
+        victims = [task for task in passed if task["status"] in states][:count]
+        for task in victims:
+            project.remove(task)
+            self._runtime.pop((project_id, task["id"]), None)
+            self.other_deletions.append(ActionRecord(task["id"], project_id, OTHER_ACTOR, now))
+        return len(victims)
+
     def stop_task(self, project_id: str, task_id: int, *, by: str) -> None:
         """Pause a migrating task (2 -> 7, then 3 after the pausing delay); else OMS.0066."""
         now = self.advance()
@@ -450,10 +499,16 @@ class SimulatorState:
             "stops": [record.as_json() for record in self.stops],
             "refused_deletes": [record.as_json() for record in self.refused_deletes],
             "changes": [record.as_json() for record in self.changes],
+            "other_deletions": [record.as_json() for record in self.other_deletions],
             "requests": {kind: self.requests[kind] for kind in ("list", "show", "delete", "stop")},
             "rejected": {
                 reason: self.rejected[reason]
                 for reason in ("auth", "forbidden", "throttled", "5xx", "dropped", "malformed")
             },
+            "peak_in_flight": self.peak_in_flight,
+            "in_flight_at_first_auth_refusal": self.in_flight_at_first_auth_refusal,
+            "peak_in_flight_by_project": dict(self.peak_in_flight_by_project),
+            "locked_keys": sorted(self.locked_until),
+            "auth_refused_by_project": dict(self.auth_refused_by_project),
             "remaining": remaining,
         }
