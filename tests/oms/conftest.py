@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -54,10 +55,22 @@ class _SentStreamWriter:
     output_size = 0
 
 
+class _RecordShallowly:
+    """Stands in for the `copy` module inside aioresponses, which deep-copies every request's
+    keyword arguments to record the call. Ours carry per-send middlewares bound to the live
+    client, so a deep copy clones its session and event loop; the half-built loops then warn
+    when collected. A shallow copy records the same call."""
+
+    @staticmethod
+    def deepcopy(value: Any, memo: Any = None) -> Any:
+        return copy.copy(value)
+
+
 @pytest.fixture
 def mock_http(monkeypatch: pytest.MonkeyPatch) -> Iterator[aioresponses.aioresponses]:
     """aioresponses, made to work with aiohttp 3.14 (response mapping tests only)."""
     monkeypatch.setattr(aioresponses.core, "ClientResponse", _CompatClientResponse)
+    monkeypatch.setattr(aioresponses.core, "copy", _RecordShallowly)
     with aioresponses.aioresponses() as mocked:
         yield mocked
 
