@@ -21,7 +21,7 @@ from worker.oms.errors import ErrorInfo, ServerError, TaskNotFound, TaskRunning,
 from worker.oms.models import Task, TaskPage, TaskStatus
 from worker.outcomes import Outcome
 from worker.policy import Policy, SkipReason
-from worker.scheduler import Job, Scheduler, SchedulerConfig
+from worker.scheduler import MAX_JUDGEMENTS, Job, Scheduler, SchedulerConfig
 from worker.shutdown import Shutdown
 from worker.stopping import StopGate
 
@@ -447,8 +447,9 @@ class OpenGate:
 async def test_a_read_before_a_stopped_delete_does_not_count_as_the_delete_leaving() -> None:
     """The GET went out, then the stop held the delete back: not "may have reached OMS"."""
     stopped = asyncio.Event()
-    gate = StopGate(OpenGate(), stopped=stopped)
-    source, jobs, _, refresher = _setup(1)
+    source, jobs, clock, refresher = _setup(1)
+    # The gate reads judgement expiries on the refresher's clock, as the run's share the loop's.
+    gate = StopGate(OpenGate(), stopped=stopped, clock=clock)
     job = jobs[0]
     real_show = source.show_task
 
@@ -483,3 +484,91 @@ async def test_a_read_before_a_stopped_delete_does_not_count_as_the_delete_leavi
     assert job.last_error is not None
     assert job.last_error.http_status == 400  # still the refusal, not a cut-off request
     assert "may have reached" not in (job.last_error.error_msg or "")
+
+
+class PausingSlot:
+    """A rate limiter whose next `pauses` slots each come `pause` seconds later on `clock`,
+    calling `during` while paused (the world changing meanwhile)."""
+
+    def __init__(self, clock: Clock, *, pause: float, pauses: int, during: Any = None) -> None:
+        self.clock = clock
+        self.pause = pause
+        self.pauses = pauses
+        self.during = during
+
+    async def acquire(self) -> None:
+        if self.pauses > 0:
+            self.pauses -= 1
+            self.clock.value += self.pause
+            if self.during is not None:
+                self.during()
+
+    def on_throttled(self, error: Throttled) -> None:
+        return None
+
+    def on_success(self) -> None:
+        return None
+
+
+class PacedApi(RefusingApi):
+    """Deletes that pass `gate` first, as the client's do; counts only those that left."""
+
+    def __init__(self, gate: StopGate) -> None:
+        super().__init__(running=set())
+        self.gate = gate
+
+    async def delete_task(self, task_id: int) -> None:
+        await self.gate.acquire()
+        await super().delete_task(task_id)
+
+
+async def _schedule_paced(slot: PausingSlot, refresher: Refresher, jobs: list[Job]) -> PacedApi:
+    api = PacedApi(StopGate(slot, stopped=asyncio.Event(), clock=slot.clock))
+    config = SchedulerConfig(concurrency=1, max_attempts=5, requeue_delay=0.01, grace=1.0)
+    loop = asyncio.get_running_loop()
+    scheduler = Scheduler(
+        api=api,
+        jobs=jobs,
+        config=config,
+        shutdown=Shutdown(),
+        deadline=loop.time() + 30,
+        judge=refresher,
+    )
+    await scheduler.run()
+    return api
+
+
+async def test_a_delete_held_past_the_bound_is_judged_again_then_sent() -> None:
+    """A 700 s pause at the limiter outlives the 600 s judgement: read again, then deleted."""
+    source, jobs, clock, refresher = _setup(1)
+    api = await _schedule_paced(PausingSlot(clock, pause=700, pauses=1), refresher, jobs)
+    assert api.deletes == [1]
+    assert source.gets == 1
+    assert jobs[0].outcome is Outcome.DELETED
+    assert jobs[0].attempts == 1  # the refused slot sent nothing
+
+
+async def test_a_task_that_changed_during_the_pause_is_changed_not_deleted() -> None:
+    """Retried by a person while the delete waited out a long pause: `changed`, never sent."""
+    source, jobs, clock, refresher = _setup(1)
+
+    def retried() -> None:
+        source.tasks[1]["status"] = int(TaskStatus.SUCCEEDED)
+
+    slot = PausingSlot(clock, pause=700, pauses=1, during=retried)
+    api = await _schedule_paced(slot, refresher, jobs)
+    assert api.deletes == []
+    assert jobs[0].outcome is Outcome.CHANGED
+    assert jobs[0].task.status is TaskStatus.SUCCEEDED
+
+
+async def test_a_limiter_that_never_comes_in_time_sends_nothing() -> None:
+    """Every fresh judgement expires at the limiter: bounded, the job ends unsent."""
+    source, jobs, clock, refresher = _setup(1)
+    slot = PausingSlot(clock, pause=700, pauses=MAX_JUDGEMENTS)
+    api = await _schedule_paced(slot, refresher, jobs)
+    assert api.deletes == []
+    assert source.gets == MAX_JUDGEMENTS - 1
+    assert jobs[0].outcome is Outcome.NOT_ATTEMPTED
+    assert jobs[0].last_error is not None
+    assert "--max-staleness" in (jobs[0].last_error.error_msg or "")

@@ -14,6 +14,7 @@ from expectations import eligible, started
 from test_runner import population, run_against
 
 from worker.simulator.config import ChangeConfig
+from worker.simulator.faults import FaultConfig
 from worker.simulator.population import PopulationConfig
 from worker.simulator.state import FAILED, RENAMED, RESTARTED, RETRIED, SUCCEEDED
 
@@ -159,3 +160,47 @@ async def test_default_staleness_costs_nothing_on_a_quick_run(
     assert run.truth["requests"]["list"] == 2
     assert run.truth["requests"]["show"] == 0
     assert run.report["settings"]["max_staleness"] == "10m"
+
+
+async def test_a_429_pause_longer_than_max_staleness_sends_no_stale_delete(
+    make_simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    """The gateway throttles with Retry-After 2 s, longer than --max-staleness (1.5 s): deletes
+    held through the pause go back to be judged again; none reaches a task on a stale one."""
+    now = datetime.now(UTC)
+    sim = await make_simulator(
+        tasks_per_project=40,
+        population=FINISHED_MIX,
+        changes=ChangeConfig(renamed=4, restarted=3, after=timedelta(milliseconds=300)),
+        faults=FaultConfig(rate_limit=4, retry_after_seconds=2),
+    )
+    planned = dict(sim.state.planned_changes)
+    max_staleness = timedelta(milliseconds=1500)
+
+    run = await run_against(
+        sim,
+        tmp_path,
+        now=now,
+        older_than="1d",
+        name_exclude=["*-keep"],
+        rate="20",
+        concurrency="2",
+        max_staleness="1500ms",
+        deadline="60s",
+        execute=True,
+    )
+
+    assert run.truth["requests"]["delete"] > 0
+    assert sum(run.truth["rejected"].values()) > 0, "the gateway never throttled"
+    changes = {(c["project_id"], c["task_id"]): _at(c) for c in run.truth["changes"]}
+    deletions = {(d["project_id"], d["task_id"]): _at(d) for d in run.truth["deletions"]}
+    assert set(changes) <= set(planned)
+    slack = timedelta(milliseconds=250)
+    for key, changed_at in changes.items():
+        if key in deletions:
+            assert deletions[key] < changed_at + max_staleness + slack, key
+    # A changed task that was not deleted before its change is `changed` (or, where every fresh
+    # judgement expired at the limiter, left unsent): never deleted.
+    for key in changes:
+        if key not in deletions:
+            assert key not in run.outcomes("deleted")

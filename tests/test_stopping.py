@@ -8,7 +8,13 @@ import pytest
 
 from worker.oms.errors import ErrorInfo, Throttled
 from worker.ratelimit import AdaptiveRateLimiter
-from worker.stopping import StopGate, Stopped, stop_aware_sleep, tracking_sends
+from worker.stopping import (
+    JudgementExpired,
+    StopGate,
+    Stopped,
+    stop_aware_sleep,
+    tracking_sends,
+)
 
 
 class Recording:
@@ -119,3 +125,53 @@ async def test_back_off_sleep_sleeps_while_running() -> None:
     stopped.set()
     with pytest.raises(Stopped):
         await sleep(0)
+
+
+class SlowSlot:
+    """A gate whose slot comes `wait` seconds later on a hand-moved clock (a 429 pause)."""
+
+    def __init__(self, wait: float) -> None:
+        self.clock = 100.0
+        self.wait = wait
+
+    async def acquire(self) -> None:
+        self.clock += self.wait
+
+    def on_throttled(self, error: Throttled) -> None:
+        return None
+
+    def on_success(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("wait", "refused"),
+    [(0.5, False), (1.0, False), (1.001, True), (60.0, True)],
+    ids=["well-within", "at-the-bound", "just-past", "a-long-pause"],
+)
+async def test_a_judgement_that_expires_at_the_limiter_is_not_sent(
+    wait: float, refused: bool
+) -> None:
+    """The expiry is checked after the slot came: a wait past it refuses the send, unsent."""
+    inner = SlowSlot(wait)
+    gate = StopGate(inner, stopped=asyncio.Event(), clock=lambda: inner.clock)
+    with tracking_sends() as mark:
+        mark.send_by = 101.0
+        if refused:
+            with pytest.raises(JudgementExpired):
+                await gate.acquire()
+        else:
+            await gate.acquire()
+    assert mark.sent is not refused
+    assert mark.first_sent_at == (None if refused else 100.0 + wait)
+
+
+async def test_a_read_without_expiry_records_when_it_left() -> None:
+    """A mark without `send_by` (a refresh read) is never refused; its first send is timed."""
+    inner = SlowSlot(5.0)
+    gate = StopGate(inner, stopped=asyncio.Event(), clock=lambda: inner.clock)
+    with tracking_sends() as mark:
+        await gate.acquire()
+        await gate.acquire()
+    assert mark.sent
+    assert mark.first_sent_at == 105.0

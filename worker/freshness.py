@@ -41,7 +41,7 @@ from worker.oms.models import ACTIVE_STATES, Task, TaskPage, TaskStatus
 from worker.outcomes import Outcome
 from worker.policy import Policy, SkipReason, select
 from worker.scheduler import Job
-from worker.stopping import tracking_sends
+from worker.stopping import SendMark, tracking_sends
 
 log = structlog.get_logger("oms_cleanup.freshness")
 
@@ -185,6 +185,10 @@ class Refresher:
             await self._refresh(job)
         return self._verdict(job)
 
+    def send_by(self, job: Job) -> float | None:
+        """Loop time after which the job's judgement is too old to send its request on."""
+        return None if job.judged_at is None else job.judged_at + self._max_staleness
+
     def _refused_since_judged(self, job: Job) -> bool:
         judged = self._judged.get(job)
         return job.refused_as_running and job.attempts > (judged.attempts if judged else 0)
@@ -248,12 +252,18 @@ class Refresher:
         now = self._now()
         # Its own mark (the task runs in a copy of one worker's context): its requests are not
         # that worker's delete, whose report depends on whether the delete left.
-        with tracking_sends():
-            await self._relist_pages(pending, attempts, started=started, now=now)
+        with tracking_sends() as reads:
+            await self._relist_pages(pending, attempts, reads=reads, started=started, now=now)
         log.info("tasks_relisted", shown=len(attempts) - len(pending), not_shown=len(pending))
 
     async def _relist_pages(
-        self, pending: dict[int, Job], attempts: dict[int, int], *, started: float, now: datetime
+        self,
+        pending: dict[int, Job],
+        attempts: dict[int, int],
+        *,
+        reads: SendMark,
+        started: float,
+        now: datetime,
     ) -> None:
         try:
             for state in self._states or (None,):
@@ -263,7 +273,10 @@ class Refresher:
                     for task in page.tasks:
                         job = pending.pop(task.id, None)
                         if job is not None:
-                            self._update(job, task, at=started, attempts=attempts[task.id], now=now)
+                            # Seen no earlier than the first page left (conservative for
+                            # later pages); without a gate, when the re-list began.
+                            at = reads.first_sent_at or started
+                            self._update(job, task, at=at, attempts=attempts[task.id], now=now)
         except OmsError as error:
             # Whatever the re-list did not show falls back to a GET (which meets the error too
             # if it persists: the scheduler decides what it means).
@@ -276,13 +289,16 @@ class Refresher:
         attempts = job.attempts
         self.gets += 1
         try:
-            with tracking_sends():  # a read, not the job's delete (see _run_relist)
+            with tracking_sends() as read:  # a read, not the job's delete (see _run_relist)
                 task = await self._source.show_task(job.task.id)
         except TaskNotFound:
-            job.judged_at = started
+            job.judged_at = read.first_sent_at or started
             self._judged[job] = _Judged(attempts=attempts, verdict=Outcome.ALREADY_GONE)
             return
-        self._update(job, task, at=started, attempts=attempts, now=self._now())
+        # What OMS answered is at least as fresh as the moment the GET left.
+        self._update(
+            job, task, at=read.first_sent_at or started, attempts=attempts, now=self._now()
+        )
 
     def _update(self, job: Job, task: Task, *, at: float, attempts: int, now: datetime) -> None:
         job.task = task

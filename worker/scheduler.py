@@ -26,9 +26,13 @@ from worker.oms.errors import ErrorInfo, OmsError, TaskNotMigrating, TaskRunning
 from worker.oms.models import Task, TaskStatus
 from worker.outcomes import Fatal, Finish, Outcome, Requeue, decide
 from worker.shutdown import FatalStop, Shutdown
-from worker.stopping import SendMark, Stopped, tracking_sends
+from worker.stopping import JudgementExpired, SendMark, Stopped, tracking_sends
 
 log = structlog.get_logger("oms_cleanup.scheduler")
+
+# How often a job is judged again when each fresh judgement expires before its send leaves
+# (a limiter paused by 429s for longer than --max-staleness); then it ends unsent.
+MAX_JUDGEMENTS = 3
 
 
 class TaskApi(Protocol):
@@ -44,6 +48,10 @@ class Judge(Protocol):
     outcome the job ends with without a request (its task no longer selected, or gone)."""
 
     async def judge(self, job: Job) -> Outcome | None: ...
+
+    def send_by(self, job: Job) -> float | None:
+        """Loop time after which the job's judgement is too old to send its request on."""
+        ...
 
 
 @dataclass(slots=True, eq=False)
@@ -207,8 +215,34 @@ class Scheduler:
             worker.cancel()
 
     async def _process(self, job: Job, mark: SendMark) -> None:
-        if self._judge is not None and not await self._rejudged(job, self._judge):
+        """Judge the job again where due, then send its request on that judgement.
+
+        A send the gate refused because the judgement expired while it waited goes back
+        through the judge, a bounded number of times; then the job ends unsent.
+        """
+        for _ in range(MAX_JUDGEMENTS):
+            if self._judge is not None:
+                if not await self._rejudged(job, self._judge):
+                    return
+                mark.send_by = self._judge.send_by(job)
+            # Each try counts its own sends: an earlier one is already in `job.attempts`.
+            mark.sent = False
+            try:
+                await self._send(job, mark)
+            except JudgementExpired:
+                log.info("judgement_expired", **job.log_fields())
+                continue
             return
+        stop = mark.call == "stop"
+        job.last_error = ErrorInfo(
+            method="POST" if stop else "DELETE",
+            path=f"/v2/{job.project_id}/tasks/{job.task.id}{'/stop' if stop else ''}",
+            error_msg=f"judged again {MAX_JUDGEMENTS} times, each older than --max-staleness "
+            "by the time a send slot came; not sent",
+        )
+        self._finish_unstarted(job)
+
+    async def _send(self, job: Job, mark: SendMark) -> None:
         task = job.task
         if self._config.stop_running and task.status is TaskStatus.MIGRATING and not job.stop_sent:
             mark.call = "stop"
@@ -222,8 +256,8 @@ class Scheduler:
             job.last_error = error.info
             job.refused_as_running = isinstance(error, TaskRunning)
             self._act(job, error)
-        except (Stopped, asyncio.CancelledError):
-            # An attempt is a delete that left the process, not one the stop held back.
+        except (Stopped, JudgementExpired, asyncio.CancelledError):
+            # An attempt is a delete that left the process, not one the gate held back.
             if mark.may_have_left:
                 job.attempts += 1
             raise

@@ -28,6 +28,11 @@ class Stopped(Exception):
     """The run stopped: this request was not sent (or its retry was not)."""
 
 
+class JudgementExpired(Exception):
+    """The judgement behind this send grew older than --max-staleness while it waited for
+    its slot (a limiter slowed or paused by 429s, a retry back-off): it was not sent."""
+
+
 @dataclass(slots=True)
 class SendMark:
     """Whether a send has been admitted since the mark was opened, and of which call.
@@ -39,6 +44,11 @@ class SendMark:
     sent: bool = False
     gated: bool = False
     call: str = ""
+    # Loop time after which the judgement this send acts on is too old: the gate refuses it.
+    send_by: float | None = None
+    # Loop time the first send under this mark was admitted: what a read saw is at least
+    # this fresh (the wait for the slot before it does not age the answer).
+    first_sent_at: float | None = None
 
     @property
     def may_have_left(self) -> bool:
@@ -80,20 +90,38 @@ async def until_stopped(waiting: Awaitable[_T], stopped: asyncio.Event) -> _T:
 class StopGate:
     """A `RequestGate` in front of another: after a stop it admits nothing, at once."""
 
-    def __init__(self, inner: RequestGate, *, stopped: asyncio.Event) -> None:
+    def __init__(
+        self,
+        inner: RequestGate,
+        *,
+        stopped: asyncio.Event,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self._inner = inner
         self._stopped = stopped
+        # The loop's clock by default: the one judgement times (`Job.judged_at`) are taken on.
+        self._clock = clock
 
     async def acquire(self) -> None:
-        """Wait for the inner gate, unless the run stops first; mark the send as sent."""
+        """Wait for the inner gate, unless the run stops first; mark the send as sent.
+
+        The expiry is checked after admission, at the last moment before the send: however
+        long the wait was, no request leaves on a judgement older than its mark allows.
+        """
         mark = _MARK.get()
         if mark is not None:
             mark.gated = True
         if self._stopped.is_set():
             raise Stopped
         await until_stopped(self._inner.acquire(), self._stopped)
-        if mark is not None:
-            mark.sent = True
+        if mark is None:
+            return
+        now = self._clock() if self._clock else asyncio.get_running_loop().time()
+        if mark.send_by is not None and now > mark.send_by:
+            raise JudgementExpired
+        mark.sent = True
+        if mark.first_sent_at is None:
+            mark.first_sent_at = now
 
     def on_throttled(self, error: Throttled) -> None:
         self._inner.on_throttled(error)
