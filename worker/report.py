@@ -11,6 +11,7 @@ finds it); `config/report.schema.json` is the published copy, kept identical by 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import itertools
 import json
@@ -112,13 +113,8 @@ class CapCheck:
 
     def as_report(self) -> dict[str, Any]:
         """The target's `max_deletions` block."""
-        return {
-            "cap": self.cap,
-            "applies_to": self.applies_to,
-            "base": self.base,
-            "limit": self.limit,
-            "exceeded": self.exceeded,
-        }
+        # Flat values only, in field order: the block is the fields as they are.
+        return dataclasses.asdict(self)
 
 
 # A report lists this many malformed entries per target at most; `not_selected.malformed`
@@ -142,13 +138,8 @@ class UnprovenListing:
 
     def as_report(self) -> dict[str, Any]:
         """The target's `unproven_listing` block."""
-        return {
-            "passes": self.passes,
-            "complete": self.complete,
-            "may_be_unseen": self.may_be_unseen,
-            "reads": self.reads,
-            "note": self.note,
-        }
+        # Flat values only, in field order: the block is the fields as they are.
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,12 +157,8 @@ class OffsetCap:
 
     def as_report(self) -> dict[str, Any]:
         """The target's `offset_cap` block."""
-        return {
-            "passes": self.passes,
-            "complete": self.complete,
-            "unseen": self.unseen,
-            "note": self.note,
-        }
+        # Flat values only, in field order: the block is the fields as they are.
+        return dataclasses.asdict(self)
 
 
 def utc_iso(moment: datetime) -> str:
