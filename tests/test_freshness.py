@@ -523,18 +523,9 @@ class PacedApi(RefusingApi):
 
 
 async def _schedule_paced(slot: PausingSlot, refresher: Refresher, jobs: list[Job]) -> PacedApi:
+    """Schedule `jobs` with deletes paced by `slot`, on the refresher's clock."""
     api = PacedApi(StopGate(slot, stopped=asyncio.Event(), clock=slot.clock))
-    config = SchedulerConfig(concurrency=1, max_attempts=5, requeue_delay=0.01, grace=1.0)
-    loop = asyncio.get_running_loop()
-    scheduler = Scheduler(
-        api=api,
-        jobs=jobs,
-        config=config,
-        shutdown=Shutdown(),
-        deadline=loop.time() + 30,
-        judge=refresher,
-    )
-    await scheduler.run()
+    await _schedule(refresher, jobs, api)
     return api
 
 
