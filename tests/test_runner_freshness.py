@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from conftest import SimulatorFactory
 from expectations import eligible, started
@@ -27,6 +28,23 @@ FINISHED_MIX = PopulationConfig(
 
 def _at(record: dict[str, object]) -> datetime:
     return datetime.fromisoformat(str(record["at"]))
+
+
+def _changed_first(
+    truth: dict[str, Any], *, planned: set[tuple[str, int]], max_staleness: timedelta
+) -> set[tuple[str, int]]:
+    """Assert no changed task was deleted on a judgement older than the bound; return the
+    tasks that changed before any delete reached them."""
+    changes = {(c["project_id"], c["task_id"]): _at(c) for c in truth["changes"]}
+    deletions = {(d["project_id"], d["task_id"]): _at(d) for d in truth["deletions"]}
+    assert set(changes) <= planned
+    # The judgement, read before the change, is at most max_staleness old when sent; the
+    # slack covers the request's way to the server.
+    slack = timedelta(milliseconds=250)
+    for key, changed_at in changes.items():
+        if key in deletions:
+            assert deletions[key] < changed_at + max_staleness + slack, key
+    return {key for key in changes if key not in deletions}
 
 
 async def test_failed_tasks_retried_after_listing_are_not_deleted(
@@ -112,17 +130,8 @@ async def test_no_delete_is_sent_on_a_judgement_older_than_max_staleness(
     )
 
     assert run.exit_code == 0
-    changes = {(c["project_id"], c["task_id"]): _at(c) for c in run.truth["changes"]}
-    deletions = {(d["project_id"], d["task_id"]): _at(d) for d in run.truth["deletions"]}
-    assert set(changes) <= set(planned)
-    # The judgement, read before the change, is at most max_staleness old when sent; the
-    # slack covers the request's way to the server.
-    slack = timedelta(milliseconds=250)
-    for key, changed_at in changes.items():
-        if key in deletions:
-            assert deletions[key] < changed_at + max_staleness + slack, key
     # Some tasks were deleted before they changed (legitimately); others changed first.
-    changed_first = {key for key in changes if key not in deletions}
+    changed_first = _changed_first(run.truth, planned=set(planned), max_staleness=max_staleness)
     assert changed_first, "no task changed before its delete: the run was too fast"
     assert run.outcomes("changed") == changed_first
     assert run.deleted_by_simulator == run.outcomes("deleted") == expected - changed_first
@@ -192,15 +201,7 @@ async def test_a_429_pause_longer_than_max_staleness_sends_no_stale_delete(
 
     assert run.truth["requests"]["delete"] > 0
     assert sum(run.truth["rejected"].values()) > 0, "the gateway never throttled"
-    changes = {(c["project_id"], c["task_id"]): _at(c) for c in run.truth["changes"]}
-    deletions = {(d["project_id"], d["task_id"]): _at(d) for d in run.truth["deletions"]}
-    assert set(changes) <= set(planned)
-    slack = timedelta(milliseconds=250)
-    for key, changed_at in changes.items():
-        if key in deletions:
-            assert deletions[key] < changed_at + max_staleness + slack, key
-    # A changed task that was not deleted before its change is `changed` (or, where every fresh
+    changed_first = _changed_first(run.truth, planned=set(planned), max_staleness=max_staleness)
+    # A task that changed before any delete reached it is `changed` (or, where every fresh
     # judgement expired at the limiter, left unsent): never deleted.
-    for key in changes:
-        if key not in deletions:
-            assert key not in run.outcomes("deleted")
+    assert not changed_first & run.outcomes("deleted")
